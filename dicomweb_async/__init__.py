@@ -1,0 +1,82 @@
+"""dicomweb-async: a streaming asyncio client for DICOMweb servers.
+
+The public API is everything named in ``__all__``; modules whose names start with an
+underscore are private and may change without notice.
+"""
+
+from ._auth import BearerAuth, TokenProvider
+from ._client import AsyncDICOMwebClient, AuthLike
+from ._download import DownloadedInstance
+from ._exceptions import (
+    AuthenticationError,
+    ConflictError,
+    DICOMwebError,
+    HTTPStatusError,
+    MethodNotAllowedError,
+    MultipartError,
+    NotAcceptableError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    ServerError,
+    StoreFailedError,
+    TimeoutError,
+    TransportError,
+)
+from ._media import MediaType, parse_media_type
+from ._multipart import (
+    MultipartReader,
+    PartData,
+    PartEnd,
+    PartHeaders,
+    PartStart,
+    SinglePartReader,
+)
+from ._multipart_writer import BodyPart, MultipartWriter
+from ._parts import Part, PartStream
+from ._retry import RetryPolicy
+from ._store_result import FailureReason, StoreOutcome, StoreResult
+from ._wado import Frame, ReaderLimits
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AsyncDICOMwebClient",
+    "AuthLike",
+    "AuthenticationError",
+    "BearerAuth",
+    "BodyPart",
+    "ConflictError",
+    "DICOMwebError",
+    "DownloadedInstance",
+    "FailureReason",
+    "Frame",
+    "HTTPStatusError",
+    "MediaType",
+    "MethodNotAllowedError",
+    "MultipartError",
+    "MultipartReader",
+    "MultipartWriter",
+    "NotAcceptableError",
+    "NotFoundError",
+    "Part",
+    "PartData",
+    "PartEnd",
+    "PartHeaders",
+    "PartStart",
+    "PartStream",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "ReaderLimits",
+    "RetryPolicy",
+    "ServerError",
+    "SinglePartReader",
+    "StoreFailedError",
+    "StoreOutcome",
+    "StoreResult",
+    "TimeoutError",
+    "TokenProvider",
+    "TransportError",
+    "__version__",
+    "parse_media_type",
+]

@@ -1,0 +1,753 @@
+"""The public client: a thin facade over the QIDO, WADO, STOW and DELETE services."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+from pydicom.dataset import Dataset
+
+from . import _qido, _stow, _wado
+from ._aiter import ClosingIterator
+from ._auth import BearerAuth
+from ._download import DownloadedInstance, save_part
+from ._exceptions import MethodNotAllowedError, ProtocolError
+from ._media import MediaTypeSpec, accept_header
+from ._multipart_writer import StoreItem
+from ._parts import PartStream
+from ._retry import RetryPolicy
+from ._store_result import StoreResult
+from ._transport import Transport, make_http_client
+from ._urls import check_uid, instance_path, series_path, study_path
+from ._wado import Frame, ReaderLimits
+
+__all__ = ["AsyncDICOMwebClient", "AuthLike"]
+
+JSONDict = dict[str, Any]
+MediaTypes = Sequence[MediaTypeSpec] | None
+
+#: Accepted forms of ``auth``: an httpx auth, ``(user, password)`` for Basic, a bearer
+#: token string, or an async callable that returns a bearer token.
+AuthLike = httpx.Auth | tuple[str, str] | str | Callable[[], Awaitable[str]] | None
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+_RENDERED_DEFAULT: MediaTypeSpec = "image/jpeg"
+
+
+def _build_auth(auth: AuthLike) -> httpx.Auth | None:
+    if auth is None or isinstance(auth, httpx.Auth):
+        return auth
+    if isinstance(auth, tuple):
+        user, password = auth
+        return httpx.BasicAuth(user, password)
+    if isinstance(auth, str) or callable(auth):
+        return BearerAuth(auth)
+    raise TypeError(f"unsupported auth: {type(auth).__name__}")
+
+
+class AsyncDICOMwebClient:
+    """Asyncio client for a DICOMweb server (QIDO-RS, WADO-RS, STOW-RS, DELETE).
+
+    Method names and parameters follow dicomweb-client's ``DICOMClient``; here they are
+    awaited, and ``iter_*`` methods are async iterators. Downloads and uploads stream:
+    files are sent from disk in pieces and responses are parsed as they arrive.
+
+    Parameters
+    ----------
+    base_url : str
+        Service root, e.g. ``http://127.0.0.1:8042/dicom-web`` or
+        ``https://ws-svc.dicom.azurehealthcareapis.com/v2``.
+    auth : httpx.Auth, (str, str), str or async callable, optional
+        Basic credentials as a tuple, a bearer token, an async token provider (refreshed
+        once on 401), or any ``httpx.Auth``.
+    headers : mapping, optional
+        Headers sent with every request.
+    timeout : httpx.Timeout or float, optional
+        Per-operation timeouts (connect, read, write, pool).
+    verify : bool, str or ssl.SSLContext
+        TLS verification, as in httpx.
+    http_client : httpx.AsyncClient, optional
+        Use this client instead of creating one; it is not closed by :meth:`aclose`.
+    max_connections : int
+        Size of the connection pool of the client created here.
+    retry : RetryPolicy, optional
+        When to retry transient failures (429, 502, 503, 504, dropped connections).
+    large_reads : bool
+        Read the socket in 1 MiB pieces instead of httpx's 64 KiB (faster downloads);
+        applies only to the client created here.
+    reader_limits : ReaderLimits, optional
+        Limits on multipart responses (header size and count, number of parts).
+
+    Examples
+    --------
+    >>> async with AsyncDICOMwebClient("http://127.0.0.1:8042/dicom-web") as client:
+    ...     studies = await client.search_for_studies(search_filters={"PatientID": "ID1"})
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: AuthLike = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        verify: Any = True,
+        http_client: httpx.AsyncClient | None = None,
+        max_connections: int = 16,
+        retry: RetryPolicy | None = None,
+        large_reads: bool = True,
+        reader_limits: ReaderLimits | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        built_auth = _build_auth(auth)
+        if http_client is None:
+            client = make_http_client(
+                auth=built_auth,
+                headers=headers,
+                timeout=timeout,
+                verify=verify,
+                max_connections=max_connections,
+                large_reads=large_reads,
+            )
+            owns = True
+        else:
+            client = http_client
+            owns = False
+            if built_auth is not None:
+                client.auth = built_auth
+            if headers:
+                client.headers.update(headers)
+        self._transport = Transport(
+            self.base_url, client, owns_client=owns, retry=retry or RetryPolicy()
+        )
+        self._limits = reader_limits or ReaderLimits()
+
+    def __repr__(self) -> str:
+        return f"<AsyncDICOMwebClient {self.base_url}>"
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The underlying ``httpx.AsyncClient``."""
+        return self._transport.client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client, if this object created it."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> AsyncDICOMwebClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ QIDO-RS
+
+    async def search_for_studies(
+        self,
+        fuzzymatching: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        fields: Sequence[str] | None = None,
+        search_filters: Mapping[str, Any] | None = None,
+        get_remaining: bool = False,
+    ) -> list[JSONDict]:
+        """Search for studies (``GET /studies``).
+
+        Parameters
+        ----------
+        fuzzymatching : bool, optional
+            Ask the server for fuzzy matching of person names.
+        limit, offset : int, optional
+            Paging.
+        fields : sequence of str, optional
+            Extra attributes to include (``includefield``), or ``["all"]``.
+        search_filters : mapping, optional
+            Attribute keyword or tag to value, e.g. ``{"PatientName": "Anony*"}``.
+            Wildcards ``*`` and ``?`` are sent literally.
+        get_remaining : bool
+            Fetch further pages until the server has no more.
+
+        Returns
+        -------
+        list of dict
+            DICOM JSON datasets.
+        """
+        params = _qido.SearchParams(
+            "studies",
+            fuzzymatching=fuzzymatching,
+            limit=limit,
+            offset=offset,
+            fields=fields,
+            search_filters=search_filters,
+        )
+        return await _qido.search(self._transport, params, get_remaining=get_remaining)
+
+    async def search_for_series(
+        self,
+        study_instance_uid: str | None = None,
+        fuzzymatching: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        fields: Sequence[str] | None = None,
+        search_filters: Mapping[str, Any] | None = None,
+        get_remaining: bool = False,
+    ) -> list[JSONDict]:
+        """Search for series (``GET /series`` or ``/studies/{study}/series``).
+
+        Parameters are those of :meth:`search_for_studies`, plus ``study_instance_uid``.
+        """
+        params = _qido.SearchParams(
+            "series",
+            study_instance_uid,
+            fuzzymatching=fuzzymatching,
+            limit=limit,
+            offset=offset,
+            fields=fields,
+            search_filters=search_filters,
+        )
+        return await _qido.search(self._transport, params, get_remaining=get_remaining)
+
+    async def search_for_instances(
+        self,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        fuzzymatching: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        fields: Sequence[str] | None = None,
+        search_filters: Mapping[str, Any] | None = None,
+        get_remaining: bool = False,
+    ) -> list[JSONDict]:
+        """Search for instances (``/instances``, ``/studies/{s}/instances`` or
+        ``/studies/{s}/series/{se}/instances``).
+
+        Parameters are those of :meth:`search_for_studies`, plus the UIDs that narrow
+        the route.
+        """
+        params = _qido.SearchParams(
+            "instances",
+            study_instance_uid,
+            series_instance_uid,
+            fuzzymatching=fuzzymatching,
+            limit=limit,
+            offset=offset,
+            fields=fields,
+            search_filters=search_filters,
+        )
+        return await _qido.search(self._transport, params, get_remaining=get_remaining)
+
+    def _iter_search(self, params: _qido.SearchParams) -> ClosingIterator[JSONDict]:
+        return ClosingIterator(lambda: _gen(_qido.iter_search(self._transport, params)))
+
+    def iter_search_for_studies(
+        self,
+        fuzzymatching: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        fields: Sequence[str] | None = None,
+        search_filters: Mapping[str, Any] | None = None,
+    ) -> ClosingIterator[JSONDict]:
+        """Iterate over every matching study, fetching pages of ``limit`` as needed.
+
+        Paging stops at an empty page (or 204) or a page shorter than ``limit``; an entry
+        that a later page repeats is yielded once.
+        """
+        return self._iter_search(
+            _qido.SearchParams(
+                "studies",
+                fuzzymatching=fuzzymatching,
+                limit=limit,
+                offset=offset,
+                fields=fields,
+                search_filters=search_filters,
+            )
+        )
+
+    def iter_search_for_series(
+        self,
+        study_instance_uid: str | None = None,
+        fuzzymatching: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        fields: Sequence[str] | None = None,
+        search_filters: Mapping[str, Any] | None = None,
+    ) -> ClosingIterator[JSONDict]:
+        """Iterate over every matching series (see :meth:`iter_search_for_studies`)."""
+        return self._iter_search(
+            _qido.SearchParams(
+                "series",
+                study_instance_uid,
+                fuzzymatching=fuzzymatching,
+                limit=limit,
+                offset=offset,
+                fields=fields,
+                search_filters=search_filters,
+            )
+        )
+
+    def iter_search_for_instances(
+        self,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        fuzzymatching: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        fields: Sequence[str] | None = None,
+        search_filters: Mapping[str, Any] | None = None,
+    ) -> ClosingIterator[JSONDict]:
+        """Iterate over every matching instance (see :meth:`iter_search_for_studies`)."""
+        return self._iter_search(
+            _qido.SearchParams(
+                "instances",
+                study_instance_uid,
+                series_instance_uid,
+                fuzzymatching=fuzzymatching,
+                limit=limit,
+                offset=offset,
+                fields=fields,
+                search_filters=search_filters,
+            )
+        )
+
+    # ------------------------------------------------------------------ WADO-RS: streams
+
+    def _stream(
+        self, path: str, media_types: MediaTypes, default: MediaTypeSpec
+    ) -> AbstractAsyncContextManager[PartStream]:
+        accept = accept_header(media_types, default=default, multipart=True)
+        return _wado.open_parts(self._transport, path, accept, limits=self._limits)
+
+    def stream_study(
+        self, study_instance_uid: str, media_types: MediaTypes = None
+    ) -> AbstractAsyncContextManager[PartStream]:
+        """Open a study's instances as a stream of parts.
+
+        Use as ``async with client.stream_study(uid) as parts: async for part in parts:``;
+        each part's bytes arrive through ``part.aiter_bytes()``. The connection is held
+        until the block is left.
+
+        Parameters
+        ----------
+        study_instance_uid : str
+        media_types : sequence of str or (str, str), optional
+            Acceptable media types and transfer syntaxes; by default the stored encoding
+            (``application/dicom`` with ``transfer-syntax=*``).
+        """
+        return self._stream(
+            study_path(study_instance_uid), media_types, _wado.DEFAULT_INSTANCE_TYPE
+        )
+
+    def stream_series(
+        self, study_instance_uid: str, series_instance_uid: str, media_types: MediaTypes = None
+    ) -> AbstractAsyncContextManager[PartStream]:
+        """Open a series' instances as a stream of parts (see :meth:`stream_study`)."""
+        return self._stream(
+            series_path(study_instance_uid, series_instance_uid),
+            media_types,
+            _wado.DEFAULT_INSTANCE_TYPE,
+        )
+
+    def stream_instance(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        media_types: MediaTypes = None,
+    ) -> AbstractAsyncContextManager[PartStream]:
+        """Open one instance as a stream of parts (see :meth:`stream_study`)."""
+        return self._stream(
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
+            media_types,
+            _wado.DEFAULT_INSTANCE_TYPE,
+        )
+
+    async def _download(
+        self,
+        stream: AbstractAsyncContextManager[PartStream],
+        directory: str | os.PathLike[str],
+        study: str,
+        series: str | None,
+    ) -> list[DownloadedInstance]:
+        root = Path(directory)
+        await anyio.Path(root).mkdir(parents=True, exist_ok=True)
+        saved: list[DownloadedInstance] = []
+        async with stream as parts:
+            async for part in parts:
+                saved.append(
+                    await save_part(
+                        part,
+                        parts,
+                        root,
+                        study_instance_uid=study,
+                        series_instance_uid=series,
+                    )
+                )
+        return saved
+
+    async def download_study(
+        self,
+        study_instance_uid: str,
+        directory: str | os.PathLike[str],
+        media_types: MediaTypes = None,
+    ) -> list[DownloadedInstance]:
+        """Write every instance of a study to ``directory/<study>/<series>/<sop>.dcm``.
+
+        Instances are written as they stream in, each through a temporary name renamed
+        once complete; memory use does not grow with the study's size. If the response
+        breaks off, the instances completed so far stay on disk, no partial file is
+        left, and the error is raised.
+
+        Returns
+        -------
+        list of DownloadedInstance
+        """
+        return await self._download(
+            self.stream_study(study_instance_uid, media_types),
+            directory,
+            study_instance_uid,
+            None,
+        )
+
+    async def download_series(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        directory: str | os.PathLike[str],
+        media_types: MediaTypes = None,
+    ) -> list[DownloadedInstance]:
+        """Write every instance of a series to disk (see :meth:`download_study`)."""
+        return await self._download(
+            self.stream_series(study_instance_uid, series_instance_uid, media_types),
+            directory,
+            study_instance_uid,
+            series_instance_uid,
+        )
+
+    # ------------------------------------------------------------------ WADO-RS: datasets
+
+    def _iter_datasets(
+        self,
+        path: str,
+        media_types: MediaTypes,
+        default: MediaTypeSpec = _wado.DEFAULT_INSTANCE_TYPE,
+    ) -> ClosingIterator[Dataset]:
+        async def gen() -> AsyncGenerator[Dataset]:
+            async with self._stream(path, media_types, default) as parts:
+                async for part in parts:
+                    yield await _wado.dataset_from_part(part, parts)
+
+        return ClosingIterator(gen)
+
+    async def retrieve_study(
+        self, study_instance_uid: str, media_types: MediaTypes = None
+    ) -> list[Dataset]:
+        """Retrieve every instance of a study as pydicom Datasets.
+
+        Holds the whole study in memory; prefer :meth:`iter_study` or
+        :meth:`download_study` for large studies.
+        """
+        return [ds async for ds in self.iter_study(study_instance_uid, media_types)]
+
+    def iter_study(
+        self, study_instance_uid: str, media_types: MediaTypes = None
+    ) -> ClosingIterator[Dataset]:
+        """Yield a study's instances one Dataset at a time as they arrive."""
+        return self._iter_datasets(study_path(study_instance_uid), media_types)
+
+    async def retrieve_series(
+        self, study_instance_uid: str, series_instance_uid: str, media_types: MediaTypes = None
+    ) -> list[Dataset]:
+        """Retrieve every instance of a series as pydicom Datasets."""
+        return [
+            ds
+            async for ds in self.iter_series(study_instance_uid, series_instance_uid, media_types)
+        ]
+
+    def iter_series(
+        self, study_instance_uid: str, series_instance_uid: str, media_types: MediaTypes = None
+    ) -> ClosingIterator[Dataset]:
+        """Yield a series' instances one Dataset at a time as they arrive."""
+        return self._iter_datasets(
+            series_path(study_instance_uid, series_instance_uid), media_types
+        )
+
+    async def retrieve_instance(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        media_types: MediaTypes = None,
+        *,
+        multipart: bool = True,
+    ) -> Dataset:
+        """Retrieve one instance as a pydicom Dataset.
+
+        Parameters
+        ----------
+        study_instance_uid, series_instance_uid, sop_instance_uid : str
+        media_types : sequence of str or (str, str), optional
+            Acceptable types and transfer syntaxes (default: the stored encoding).
+        multipart : bool
+            Ask for ``multipart/related`` (the standard, and what every server serves);
+            False asks for a single-part ``application/dicom`` answer (Azure).
+        """
+        path = instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        accept = accept_header(
+            media_types, default=_wado.DEFAULT_INSTANCE_TYPE, multipart=multipart
+        )
+        async with _wado.open_parts(self._transport, path, accept, limits=self._limits) as parts:
+            found: Dataset | None = None
+            async for part in parts:
+                if found is None:
+                    found = await _wado.dataset_from_part(part, parts)
+            if found is None:
+                raise _no_parts(parts)
+            return found
+
+    async def retrieve_study_metadata(self, study_instance_uid: str) -> list[JSONDict]:
+        """Metadata of every instance of a study, as DICOM JSON."""
+        return await _wado.retrieve_metadata(self._transport, study_path(study_instance_uid))
+
+    async def retrieve_series_metadata(
+        self, study_instance_uid: str, series_instance_uid: str
+    ) -> list[JSONDict]:
+        """Metadata of every instance of a series, as DICOM JSON."""
+        return await _wado.retrieve_metadata(
+            self._transport, series_path(study_instance_uid, series_instance_uid)
+        )
+
+    async def retrieve_instance_metadata(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+    ) -> JSONDict:
+        """Metadata of one instance, as a DICOM JSON dict."""
+        items = await _wado.retrieve_metadata(
+            self._transport,
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
+        )
+        if not items:
+            raise ProtocolError("instance metadata response is an empty array")
+        return items[0]
+
+    # ------------------------------------------------------------------ WADO-RS: frames
+
+    def iter_instance_frames(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        frame_numbers: Sequence[int],
+        media_types: MediaTypes = None,
+    ) -> ClosingIterator[Frame]:
+        """Yield the requested frames one at a time, in the order the server sends them.
+
+        Each :class:`Frame` is ``bytes`` with ``media_type`` and ``transfer_syntax``.
+        """
+        path = _wado.frames_path(
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
+            frame_numbers,
+        )
+        return ClosingIterator(
+            lambda: _gen(_wado.iter_frames(self._transport, path, media_types, self._limits))
+        )
+
+    async def retrieve_instance_frames(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        frame_numbers: Sequence[int],
+        media_types: MediaTypes = None,
+    ) -> list[Frame]:
+        """Retrieve frames (1-based numbers) of an instance.
+
+        By default asks for the stored encoding (``application/octet-stream`` with
+        ``transfer-syntax=*``); each returned :class:`Frame` carries the media type and
+        transfer syntax the server stated.
+        """
+        return [
+            frame
+            async for frame in self.iter_instance_frames(
+                study_instance_uid,
+                series_instance_uid,
+                sop_instance_uid,
+                frame_numbers,
+                media_types,
+            )
+        ]
+
+    # ------------------------------------------------------------------ WADO-RS: rendered
+
+    async def _rendered(
+        self, path: str, media_types: MediaTypes, params: Mapping[str, Any] | None
+    ) -> bytes:
+        accept = accept_header(media_types, default=_RENDERED_DEFAULT, multipart=False)
+        return await _wado.read_bytes(
+            self._transport, path, accept, query=_wado.rendered_query(params)
+        )
+
+    async def retrieve_instance_rendered(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        media_types: MediaTypes = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """An instance rendered as an image (``image/jpeg`` unless asked otherwise).
+
+        ``params`` become query parameters (e.g. ``{"quality": 90}``).
+        """
+        path = instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        return await self._rendered(f"{path}/rendered", media_types, params)
+
+    async def retrieve_instance_frames_rendered(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        frame_numbers: Sequence[int],
+        media_types: MediaTypes = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """Frames of an instance rendered as an image."""
+        path = _wado.frames_path(
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
+            frame_numbers,
+        )
+        return await self._rendered(f"{path}/rendered", media_types, params)
+
+    async def retrieve_series_rendered(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        media_types: MediaTypes = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """A series rendered as an image."""
+        path = series_path(study_instance_uid, series_instance_uid)
+        return await self._rendered(f"{path}/rendered", media_types, params)
+
+    # ------------------------------------------------------------------ WADO-RS: bulk data
+
+    def iter_bulkdata(
+        self,
+        url: str,
+        media_types: MediaTypes = None,
+        byte_range: tuple[int, int] | None = None,
+    ) -> ClosingIterator[bytes]:
+        """Yield the parts of a bulk data resource (e.g. a BulkDataURI from metadata).
+
+        Parameters
+        ----------
+        url : str
+            Absolute URL, or a path relative to the service root.
+        media_types : sequence of str or (str, str), optional
+            Default: ``application/octet-stream`` in its stored transfer syntax.
+        byte_range : (int, int), optional
+            Inclusive first and last byte to retrieve (sent as a Range header).
+        """
+        accept = accept_header(media_types, default=_wado.DEFAULT_FRAME_TYPE, multipart=True)
+        headers = {}
+        if byte_range is not None:
+            start, end = byte_range
+            headers["Range"] = f"bytes={start}-{end}"
+        path = url if url.startswith(("http://", "https://", "/")) else f"/{url}"
+
+        async def gen() -> AsyncGenerator[bytes]:
+            async with _wado.open_parts(
+                self._transport, path, accept, limits=self._limits, headers=headers
+            ) as parts:
+                async for part in parts:
+                    yield await part.read()
+
+        return ClosingIterator(gen)
+
+    async def retrieve_bulkdata(
+        self,
+        url: str,
+        media_types: MediaTypes = None,
+        byte_range: tuple[int, int] | None = None,
+    ) -> list[bytes]:
+        """Retrieve the parts of a bulk data resource (see :meth:`iter_bulkdata`)."""
+        return [part async for part in self.iter_bulkdata(url, media_types, byte_range)]
+
+    # ------------------------------------------------------------------ STOW-RS
+
+    async def store_instances(
+        self,
+        datasets: Sequence[StoreItem],
+        study_instance_uid: str | None = None,
+        *,
+        single_part: bool = False,
+    ) -> StoreResult:
+        """Store instances in one STOW-RS request.
+
+        Parameters
+        ----------
+        datasets : sequence of path, bytes or Dataset
+            Files are streamed from disk as they are (never re-encoded); bytes are sent
+            as they are; Datasets are encoded as DICOM files.
+        study_instance_uid : str, optional
+            POST to ``/studies/{study}``; the server refuses instances of other studies.
+        single_part : bool
+            Send one instance as a plain ``application/dicom`` body (Azure only).
+
+        Returns
+        -------
+        StoreResult
+            Stored, failed and warning outcomes for 200, 202 and 409 answers alike; call
+            ``result.raise_for_failures()`` to turn failures into an exception.
+        """
+        if study_instance_uid is not None:
+            check_uid(study_instance_uid, "StudyInstanceUID")
+        return await _stow.store(
+            self._transport, datasets, study_instance_uid, single_part=single_part
+        )
+
+    # ------------------------------------------------------------------ DELETE
+
+    async def _delete(self, path: str) -> None:
+        try:
+            await self._transport.request("DELETE", path, ok=(200, 202, 204))
+        except MethodNotAllowedError as exc:
+            allow = exc.headers.get("allow")
+            exc.message = "the server does not support DELETE on this resource" + (
+                f" (Allow: {allow})" if allow else ""
+            )
+            raise
+
+    async def delete_study(self, study_instance_uid: str) -> None:
+        """Delete a study (``DELETE /studies/{study}``; not all servers offer it)."""
+        await self._delete(study_path(study_instance_uid))
+
+    async def delete_series(self, study_instance_uid: str, series_instance_uid: str) -> None:
+        """Delete a series."""
+        await self._delete(series_path(study_instance_uid, series_instance_uid))
+
+    async def delete_instance(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+    ) -> None:
+        """Delete an instance."""
+        await self._delete(
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        )
+
+
+async def _gen(source: AsyncIterator[Any]) -> AsyncGenerator[Any]:
+    async for item in source:
+        yield item
+
+
+def _no_parts(parts: PartStream) -> Exception:
+    return ProtocolError("the response contained no instance", method=parts.method, url=parts.url)
