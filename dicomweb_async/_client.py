@@ -666,7 +666,7 @@ class AsyncDICOMwebClient:
 
         async def gen() -> AsyncGenerator[bytes]:
             async with _wado.open_parts(
-                self._transport, path, accept, limits=self._limits, headers=headers
+                self._transport, path, accept, limits=self._limits, headers=headers, ok=(200, 206)
             ) as parts:
                 async for part in parts:
                     yield await part.read()

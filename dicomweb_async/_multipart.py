@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 
+def _length(value: str) -> int | None:
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 @dataclass(frozen=True)
 class PartHeaders:
     """The headers of one body part, in the order they were received.
@@ -85,7 +89,7 @@ class PartHeaders:
         ts = ctype.transfer_syntax
         if ts is None and fallback is not None:
             ts = fallback.transfer_syntax
-        length = int(wanted["content-length"]) if wanted["content-length"].isdigit() else None
+        length = _length(wanted["content-length"])
         return cls(
             items=items,
             content_type=ctype,
@@ -123,10 +127,26 @@ Event = PartStart | PartData | PartEnd
 
 
 class _RelatedParser(multipart.PushMultipartParser):  # type: ignore[misc]
-    """``PushMultipartParser`` that accepts parts without Content-Disposition."""
+    """``PushMultipartParser`` that accepts parts without Content-Disposition.
+
+    It also counts parts as their delimiters are seen (before their headers), so errors
+    inside a header block name the right part, and a closing delimiter is noticed as soon
+    as it is parsed rather than only when the parser is closed.
+    """
+
+    parts_begun = 0
+    parts_ended = 0
 
     def _create_segment(self, headerlist: list[tuple[str, str]]) -> Any:
         return multipart.MultipartSegment(headerlist)
+
+    def _on_segment_start(self) -> None:
+        super()._on_segment_start()
+        self.parts_begun += 1
+
+    def _on_segment_complete(self) -> None:
+        super()._on_segment_complete()
+        self.parts_ended += 1
 
 
 class MultipartReader:
@@ -190,8 +210,9 @@ class MultipartReader:
         return self._index + 1
 
     def _error(self, message: str) -> MultipartError:
+        begun = self._parser.parts_begun
         return MultipartError(
-            message, part_index=self._index if self._index >= 0 else None, offset=self._received
+            message, part_index=begun - 1 if begun else None, offset=self._received
         )
 
     def feed(self, data: bytes) -> Iterator[Event]:
@@ -243,8 +264,12 @@ class MultipartReader:
         try:
             self._parser.close(check_complete=True)
         except multipart.MultipartError:
-            if self._index < 0:
+            if self._parser.parts_begun == 0:
                 raise self._error("body ended before the first part began") from None
+            if self._parser.parts_begun > self._index + 1:
+                raise self._error(
+                    "body ended inside a part's headers (truncated response)"
+                ) from None
             if self._in_part:
                 raise self._error(
                     f"body ended inside a part after {self._part_size} bytes of it "
@@ -256,7 +281,10 @@ class MultipartReader:
     @property
     def complete(self) -> bool:
         """Whether the closing boundary has been seen."""
-        return bool(self._parser.closed) and self._parser.error is None
+        if self._parser.error is not None:
+            return False
+        begun, ended = self._parser.parts_begun, self._parser.parts_ended
+        return (begun > 0 and begun == ended) or bool(self._parser.closed)
 
 
 class SinglePartReader:
@@ -359,9 +387,16 @@ def make_reader(
     """
     mtype = parse_media_type(content_type)
     if mtype.is_multipart:
+        part_type = mtype.type_param
+        outer_syntax = mtype.params.get("transfer-syntax")
+        # Some servers state the transfer syntax beside `type` rather than inside it.
+        if part_type is not None and outer_syntax and part_type.transfer_syntax is None:
+            part_type = MediaType(
+                part_type.mime, {**part_type.params, "transfer-syntax": outer_syntax}
+            )
         return MultipartReader(
             mtype.boundary or "",
-            part_type=mtype.type_param,
+            part_type=part_type,
             max_header_size=max_header_size,
             max_header_count=max_header_count,
             max_parts=max_parts,

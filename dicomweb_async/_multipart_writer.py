@@ -8,6 +8,7 @@ known before a byte is sent and files are never loaded whole.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import secrets
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from ._media import DICOM
 
@@ -68,13 +70,14 @@ def dataset_bytes(dataset: Dataset) -> bytes:
     """
     buf = io.BytesIO()
     meta = getattr(dataset, "file_meta", None)
-    has_syntax = meta is not None and "TransferSyntaxUID" in meta
-    if has_syntax:
-        pydicom.dcmwrite(buf, dataset, enforce_file_format=True)
-    else:
-        pydicom.dcmwrite(
-            buf, dataset, implicit_vr=False, little_endian=True, enforce_file_format=True
-        )
+    if meta is None or not meta.get("TransferSyntaxUID"):
+        # A shallow copy shares the elements but not file_meta, so the caller's dataset
+        # keeps whatever meta it had.
+        new_meta = copy.deepcopy(meta) if meta is not None else FileMetaDataset()
+        new_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset = copy.copy(dataset)
+        dataset.file_meta = new_meta
+    pydicom.dcmwrite(buf, dataset, enforce_file_format=True)
     return buf.getvalue()
 
 

@@ -72,6 +72,6 @@ class RetryPolicy:
         asked = parse_retry_after(retry_after)
         if asked is not None:
             return min(asked, self.max_retry_after)
-        ceiling = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 60))
         # Full jitter spreads clients that failed together instead of retrying in lockstep.
         return random.uniform(ceiling / 2, ceiling)

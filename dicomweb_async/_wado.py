@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -92,10 +92,13 @@ async def open_parts(
     limits: ReaderLimits,
     query: str = "",
     headers: Mapping[str, str] | None = None,
+    ok: Collection[int] = (200,),
 ) -> AsyncIterator[PartStream]:
     """Send a GET and yield its body as a :class:`PartStream`."""
     request_headers = {"Accept": accept, **(headers or {})}
-    async with transport.stream("GET", path, query=query, headers=request_headers) as response:
+    async with transport.stream(
+        "GET", path, query=query, headers=request_headers, ok=ok
+    ) as response:
         try:
             reader = make_reader(
                 response.content_type,
