@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from . import _qido, _stow, _wado
 from ._aiter import ClosingIterator
 from ._auth import BearerAuth
-from ._download import DownloadedInstance, save_part
+from ._download import DownloadedInstance, save_parts
 from ._exceptions import MethodNotAllowedError, ProtocolError
 from ._media import MediaTypeSpec, accept_header
 from ._multipart_writer import StoreItem
@@ -381,19 +381,10 @@ class AsyncDICOMwebClient:
     ) -> list[DownloadedInstance]:
         root = Path(directory)
         await anyio.Path(root).mkdir(parents=True, exist_ok=True)
-        saved: list[DownloadedInstance] = []
         async with stream as parts:
-            async for part in parts:
-                saved.append(
-                    await save_part(
-                        part,
-                        parts,
-                        root,
-                        study_instance_uid=study,
-                        series_instance_uid=series,
-                    )
-                )
-        return saved
+            return await save_parts(
+                parts, root, study_instance_uid=study, series_instance_uid=series
+            )
 
     async def download_study(
         self,

@@ -4,27 +4,40 @@ Each part goes to a temporary file in the target directory and is renamed to
 ``<study>/<series>/<sop>.dcm`` only once it is complete and its UIDs were read back from
 its own header. Names come from UIDs checked by :func:`check_uid`, never from anything
 else the server sent, so a hostile answer cannot write outside the directory.
+
+Receiving and writing overlap: the response is parsed on the event loop while a worker
+thread writes what was already received. The two are joined by a bounded stream, so a
+slow disk slows the download instead of growing memory. The thread takes whatever has
+queued up in one hand-off and writes it with one ``writev`` per file, which keeps
+thread hand-offs far fewer than network chunks.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import pydicom
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._exceptions import ProtocolError
-from ._parts import Part, PartStream
+from ._parts import PartStream
 from ._urls import check_uid
 
-__all__ = ["DownloadedInstance", "save_part"]
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
-# Writes are grouped into pieces of this size so that worker-thread hand-offs stay few
-# when the network delivers small chunks.
-_WRITE_SIZE = 1024 * 1024
+__all__ = ["DownloadedInstance", "save_parts"]
+
+# Chunks in flight between the network and the disk (each up to about 1 MiB).
+_QUEUE_DEPTH = 16
+# Largest amount handed to the writer thread at once.
+_BATCH_BYTES = 8 * 1024 * 1024
+_UID_NAMES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -50,107 +63,185 @@ class DownloadedInstance:
     transfer_syntax: str | None
 
 
-def _read_uids(path: Path) -> tuple[str, str, str]:
-    ds = pydicom.dcmread(
-        path,
-        stop_before_pixels=True,
-        specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
-    )
-    return (
-        str(ds.get("StudyInstanceUID", "")),
-        str(ds.get("SeriesInstanceUID", "")),
-        str(ds.get("SOPInstanceUID", "")),
-    )
+@dataclass(frozen=True, slots=True)
+class _Start:
+    index: int
+    transfer_syntax: str | None
 
 
-def _finish(tmp: Path, directory: Path, uids: tuple[str, str, str]) -> Path:
-    study, series, sop = uids
-    target_dir = directory / study / series
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{sop}.dcm"
-    os.replace(tmp, target)
-    return target
+@dataclass(frozen=True, slots=True)
+class _End:
+    index: int
 
 
-async def _write_part(part: Part, tmp: Path) -> int:
-    pending = bytearray()
-    written = 0
-    async with await anyio.open_file(tmp, "wb") as f:
-        async for chunk in part.aiter_bytes():
-            if not pending and len(chunk) >= _WRITE_SIZE:
-                await f.write(chunk)
-                written += len(chunk)
+_Item = _Start | bytes | _End
+
+
+class _Writer:
+    """The disk side; every method runs in a worker thread, one call at a time."""
+
+    def __init__(
+        self,
+        directory: Path,
+        stream: PartStream,
+        study: str | None,
+        series: str | None,
+    ):
+        self.directory = directory
+        self.stream = stream
+        self.expected = (study, series)
+        self.saved: list[DownloadedInstance] = []
+        self._fd: int | None = None
+        self._tmp: Path | None = None
+        self._start: _Start | None = None
+        self._size = 0
+
+    def _error(self, message: str) -> ProtocolError:
+        return ProtocolError(message, method=self.stream.method, url=self.stream.url)
+
+    def apply(self, batch: list[_Item]) -> None:
+        pending: list[bytes] = []
+        for item in batch:
+            if isinstance(item, bytes):
+                pending.append(item)
                 continue
-            pending += chunk
-            if len(pending) >= _WRITE_SIZE:
-                await f.write(pending)
-                written += len(pending)
-                pending = bytearray()
-        if pending:
-            await f.write(pending)
-            written += len(pending)
-    return written
+            self._flush(pending)
+            pending = []
+            if isinstance(item, _Start):
+                self._open(item)
+            else:
+                self._close(item)
+        self._flush(pending)
+
+    def _open(self, start: _Start) -> None:
+        self._tmp = self.directory / f".{secrets.token_hex(8)}.partial"
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._start = start
+        self._size = 0
+
+    def _flush(self, chunks: list[bytes]) -> None:
+        if not chunks:
+            return
+        assert self._fd is not None
+        total = sum(len(c) for c in chunks)
+        written = os.writev(self._fd, chunks)
+        if written != total:  # short writes are rare; finish them one buffer at a time
+            view = memoryview(b"".join(chunks))[written:]
+            while view:
+                view = view[os.write(self._fd, view) :]
+        self._size += total
+
+    def _close(self, end: _End) -> None:
+        assert self._fd is not None and self._tmp is not None and self._start is not None
+        os.close(self._fd)
+        self._fd = None
+        tmp, start, size = self._tmp, self._start, self._size
+        try:
+            ds = pydicom.dcmread(tmp, stop_before_pixels=True, specific_tags=list(_UID_NAMES))
+            uids = tuple(str(ds.get(name, "")) for name in _UID_NAMES)
+        except Exception as exc:  # pydicom raises many types for bad input
+            raise self._error(
+                f"part {end.index} ({size} bytes) is not a DICOM file: {exc}"
+            ) from None
+        try:
+            for uid, name in zip(uids, _UID_NAMES, strict=True):
+                check_uid(uid, name)
+        except ValueError as exc:
+            raise self._error(f"part {end.index}: {exc}") from None
+        for want, got, what in zip(self.expected, uids[:2], ("study", "series"), strict=True):
+            if want is not None and want != got:
+                raise self._error(f"part {end.index} belongs to {what} {got}, not {want}")
+        study, series, sop = uids
+        target_dir = self.directory / study / series
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{sop}.dcm"
+        os.replace(tmp, target)
+        self._tmp = None
+        self.saved.append(
+            DownloadedInstance(target, study, series, sop, size, start.transfer_syntax)
+        )
+
+    def discard(self) -> None:
+        """Remove the partial file of an interrupted part."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
 
 
-async def save_part(
-    part: Part,
-    stream: PartStream,
+async def _drain(receive: MemoryObjectReceiveStream[_Item], writer: _Writer) -> None:
+    async with receive:
+        async for first in receive:
+            batch = [first]
+            size = len(first) if isinstance(first, bytes) else 0
+            while size < _BATCH_BYTES:
+                try:
+                    item = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                batch.append(item)
+                if isinstance(item, bytes):
+                    size += len(item)
+            await anyio.to_thread.run_sync(writer.apply, batch)
+
+
+async def save_parts(
+    parts: PartStream,
     directory: Path,
     *,
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
-) -> DownloadedInstance:
-    """Stream one part into ``directory`` and rename it after its UIDs.
+) -> list[DownloadedInstance]:
+    """Stream every part of a response into ``directory``, renamed after its UIDs.
 
     Parameters
     ----------
-    part : Part
-        The part to save; read to its end.
-    stream : PartStream
-        The response it belongs to (named in errors).
+    parts : PartStream
+        The response.
     directory : Path
         Root of the ``<study>/<series>/<sop>.dcm`` tree.
     study_instance_uid, series_instance_uid : str, optional
-        When given, the instance must belong to them.
+        When given, every instance must belong to them.
+
+    Returns
+    -------
+    list of DownloadedInstance
+        In the order the server sent them.
 
     Raises
     ------
     ProtocolError
-        If the part is not DICOM, lacks UIDs, or belongs to another study or series.
+        If a part is not DICOM, lacks UIDs, or belongs to another study or series.
     MultipartError, TransportError
-        If the response breaks off; no partial file is left behind.
+        If the response breaks off. Instances completed before stay on disk; no partial
+        file is left behind.
     """
-    tmp = directory / f".{secrets.token_hex(8)}.partial"
+    writer = _Writer(directory, parts, study_instance_uid, series_instance_uid)
+    send, receive = anyio.create_memory_object_stream[_Item](_QUEUE_DEPTH)
+    failure: Exception | None = None
     try:
-        size = await _write_part(part, tmp)
-        try:
-            uids = await anyio.to_thread.run_sync(_read_uids, tmp)
-        except Exception as exc:  # pydicom raises many types for bad input
-            raise ProtocolError(
-                f"part {part.index} ({size} bytes) is not a DICOM file: {exc}",
-                method=stream.method,
-                url=stream.url,
-            ) from None
-        try:
-            for uid, what in zip(
-                uids, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"), strict=True
-            ):
-                check_uid(uid, what)
-        except ValueError as exc:
-            raise ProtocolError(
-                f"part {part.index}: {exc}", method=stream.method, url=stream.url
-            ) from None
-        expected = (study_instance_uid, series_instance_uid)
-        for want, got, what in zip(expected, uids[:2], ("study", "series"), strict=True):
-            if want is not None and want != got:
-                raise ProtocolError(
-                    f"part {part.index} belongs to {what} {got}, not the requested {want}",
-                    method=stream.method,
-                    url=stream.url,
-                )
-        path = await anyio.to_thread.run_sync(_finish, tmp, directory, uids)
-    except BaseException:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, receive, writer)
+            async with send:
+                try:
+                    async for part in parts:
+                        await send.send(_Start(part.index, part.transfer_syntax))
+                        async for chunk in part.aiter_bytes():
+                            await send.send(chunk)
+                        await send.send(_End(part.index))
+                except Exception as exc:
+                    # Let the writer finish the parts that arrived whole before failing.
+                    failure = exc
+    except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+            await anyio.to_thread.run_sync(writer.discard)
+        # Callers expect the error itself, not the task group's wrapping of it.
+        if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            raise exc.exceptions[0] from None
         raise
-    return DownloadedInstance(path, uids[0], uids[1], uids[2], size, part.transfer_syntax)
+    if failure is not None:
+        await anyio.to_thread.run_sync(writer.discard)
+        raise failure
+    return writer.saved
