@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -67,8 +68,9 @@ class StoreResult:
     status_code : int
         200 (all stored), 202 (some failed or warnings) or 409 (none stored), or
         another status a server chose.
-    dataset : pydicom.dataset.Dataset
-        The response body as a Dataset (empty if the server sent none).
+    json : dict
+        The response body as DICOM JSON (empty if the server sent none); also available
+        as a pydicom Dataset through :attr:`dataset`.
     stored : list of StoreOutcome
         Instances in ReferencedSOPSequence.
     failed : list of StoreOutcome
@@ -80,11 +82,19 @@ class StoreResult:
     """
 
     status_code: int
-    dataset: Dataset
+    json: dict[str, Any] = field(default_factory=dict, repr=False)
     stored: list[StoreOutcome] = field(default_factory=list)
     failed: list[StoreOutcome] = field(default_factory=list)
     warnings: list[StoreOutcome] = field(default_factory=list)
     retrieve_url: str | None = None
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The response as a pydicom Dataset (built on first use; empty if no body)."""
+        try:
+            return Dataset.from_json(self.json) if self.json else Dataset()
+        except Exception as exc:  # pydicom raises several types for bad DICOM JSON
+            raise ProtocolError(f"STOW-RS response is not valid DICOM JSON: {exc}") from None
 
     @property
     def ok(self) -> bool:
@@ -116,10 +126,14 @@ def _first(item: Mapping[str, Any], tag: str) -> Any:
 
 def _items(obj: Mapping[str, Any], tag: str) -> list[Mapping[str, Any]]:
     element = obj.get(tag)
-    if not isinstance(element, Mapping):
+    if element is None:
         return []
-    values = element.get("Value")
-    return [v for v in values if isinstance(v, Mapping)] if isinstance(values, list) else []
+    values = element.get("Value", []) if isinstance(element, Mapping) else None
+    if not isinstance(values, list) or not all(isinstance(v, Mapping) for v in values):
+        raise ProtocolError(
+            f"STOW-RS response: ({tag[:4]},{tag[4:]}) is not a DICOM JSON sequence"
+        )
+    return values
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -164,7 +178,7 @@ def parse_store_response(status_code: int, body: bytes) -> StoreResult:
         If the body is not a DICOM JSON object.
     """
     if not body.strip():
-        return StoreResult(status_code=status_code, dataset=Dataset())
+        return StoreResult(status_code=status_code)
     try:
         obj = json.loads(body)
     except ValueError as exc:
@@ -173,16 +187,12 @@ def parse_store_response(status_code: int, body: bytes) -> StoreResult:
         obj = obj[0]
     if not isinstance(obj, dict):
         raise ProtocolError("STOW-RS response is not a DICOM JSON object")
-    try:
-        dataset = Dataset.from_json(obj)
-    except Exception as exc:  # pydicom raises several types for bad DICOM JSON
-        raise ProtocolError(f"STOW-RS response is not valid DICOM JSON: {exc}") from None
     stored = [_outcome(i, _WARNING_REASON) for i in _items(obj, _REFERENCED_SEQ)]
     warnings = [o for o in stored if o.reason is not None]
     failed = [_outcome(i, _FAILURE_REASON) for i in _items(obj, _FAILED_SEQ)]
     return StoreResult(
         status_code=status_code,
-        dataset=dataset,
+        json=obj,
         stored=stored,
         failed=failed,
         warnings=warnings,

@@ -10,7 +10,6 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
 
 from dicomweb_async import (
     DICOMwebError,
@@ -231,11 +230,11 @@ def test_items_without_values_are_tolerated() -> None:
 
 
 def test_store_result_ok_status_rules() -> None:
-    assert StoreResult(200, dataset=Dataset()).ok
-    assert StoreResult(202, dataset=Dataset(), warnings=[StoreOutcome(SC, "1", 45056)]).ok
-    assert not StoreResult(300, dataset=Dataset()).ok
-    assert not StoreResult(500, dataset=Dataset()).ok
-    assert not StoreResult(200, dataset=Dataset(), failed=[StoreOutcome(SC, "1")]).ok
+    assert StoreResult(200).ok
+    assert StoreResult(202, warnings=[StoreOutcome(SC, "1", 45056)]).ok
+    assert not StoreResult(300).ok
+    assert not StoreResult(500).ok
+    assert not StoreResult(200, failed=[StoreOutcome(SC, "1")]).ok
 
 
 # -- parse_retry_after ------------------------------------------------------------------------
