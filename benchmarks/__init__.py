@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks (scripts that print tables; see README.md)."""

@@ -1,0 +1,225 @@
+"""Download one study (default 512 x 2 MiB = 1 GiB) from the loopback server, case by case.
+
+Run from the repository root::
+
+    python -m benchmarks.bench_download                      # 512 x 2 MiB, 3 runs per case
+    python -m benchmarks.bench_download --count 64 --repeat 1 --out-dir /dev/shm
+
+Each run is a fresh Python process, so the peak RSS in the table is that case's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from benchmarks import _common as common
+from benchmarks._common import Outcome, Spec
+
+STUDY_UID = "1.2.826.0.1.3680043.8.498.7700123"
+ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+BASELINE = "g"
+MODULE = "benchmarks.bench_download"
+
+CASES = {
+    "a": "(a) dicomweb-async download_study -> files",
+    "b": "(b) dicomweb-async stream_study, count bytes",
+    "c": "(c) dicomweb-async iter_study -> Datasets",
+    "d": "(d) dicomweb-client retrieve_study (in memory)",
+    "e": "(e) dicomweb-client iter_study",
+    "f": "(f) tutorial: requests + MultipartDecoder -> files",
+    "g": "(g) bare httpx stream, aiter_raw -> one file",
+    "h": "(h) curl -o one file",
+}
+
+
+def _study_url(spec: Spec) -> str:
+    return f"{spec['url']}/studies/{spec['study']}"
+
+
+def case_download_study(spec: Spec) -> Outcome:
+    from dicomweb_async import AsyncDICOMwebClient
+
+    async def main() -> tuple[int, int]:
+        async with AsyncDICOMwebClient(spec["url"]) as client:
+            saved = await client.download_study(spec["study"], spec["out"])
+        return len(saved), sum(item.size for item in saved)
+
+    return common.timed(lambda: asyncio.run(main()))
+
+
+def case_stream_study(spec: Spec) -> Outcome:
+    from dicomweb_async import AsyncDICOMwebClient
+
+    async def main() -> tuple[int, int]:
+        instances = received = 0
+        async with (
+            AsyncDICOMwebClient(spec["url"]) as client,
+            client.stream_study(spec["study"]) as parts,
+        ):
+            async for part in parts:
+                instances += 1
+                async for chunk in part.aiter_bytes():
+                    received += len(chunk)
+        return instances, received
+
+    return common.timed(lambda: asyncio.run(main()))
+
+
+def case_iter_study(spec: Spec) -> Outcome:
+    from dicomweb_async import AsyncDICOMwebClient
+
+    async def main() -> tuple[int, None]:
+        instances = 0
+        async with AsyncDICOMwebClient(spec["url"]) as client:
+            async for _dataset in client.iter_study(spec["study"]):
+                instances += 1
+        return instances, None
+
+    return common.timed(lambda: asyncio.run(main()))
+
+
+def case_dwc_retrieve(spec: Spec) -> Outcome:
+    from dicomweb_client import DICOMwebClient
+
+    def main() -> tuple[int, None]:
+        datasets = DICOMwebClient(spec["url"]).retrieve_study(spec["study"])
+        return len(datasets), None
+
+    return common.timed(main)
+
+
+def case_dwc_iter(spec: Spec) -> Outcome:
+    from dicomweb_client import DICOMwebClient
+
+    def main() -> tuple[int, None]:
+        instances = 0
+        for _dataset in DICOMwebClient(spec["url"]).iter_study(spec["study"]):
+            instances += 1
+        return instances, None
+
+    return common.timed(main)
+
+
+def case_tutorial(spec: Spec) -> Outcome:
+    import requests
+    from requests_toolbelt import MultipartDecoder
+
+    out = Path(spec["out"])
+
+    def main() -> tuple[int, int]:
+        out.mkdir(parents=True, exist_ok=True)
+        client = requests.session()
+        response = client.get(_study_url(spec), headers={"Accept": ACCEPT})
+        response.raise_for_status()
+        decoder = MultipartDecoder.from_response(response)
+        written = 0
+        for index, part in enumerate(decoder.parts):
+            with open(out / f"part-{index:05d}.dcm", "wb") as fh:
+                written += fh.write(part.content)
+        return len(decoder.parts), written
+
+    return common.timed(main)
+
+
+def case_bare_httpx(spec: Spec) -> Outcome:
+    import httpx
+
+    async def main(fh: BinaryIO) -> tuple[None, int]:
+        received = 0
+        async with (
+            httpx.AsyncClient(timeout=60.0) as client,
+            client.stream("GET", _study_url(spec), headers={"Accept": ACCEPT}) as response,
+        ):
+            response.raise_for_status()
+            async for chunk in response.aiter_raw():
+                fh.write(chunk)
+                received += len(chunk)
+        return None, received
+
+    def run() -> tuple[None, int]:
+        Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
+        with open(spec["out"], "wb") as fh:
+            return asyncio.run(main(fh))
+
+    return common.timed(run)
+
+
+def case_curl(spec: Spec) -> Outcome:
+    out = Path(spec["out"])
+
+    def main() -> tuple[None, int]:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = ["curl", "-s", "-f", "-o", str(out), "-H", f"Accept: {ACCEPT}"]
+        subprocess.run([*command, _study_url(spec)], check=True)
+        return None, out.stat().st_size
+
+    outcome = common.timed(main)
+    outcome.rss_of_children = True
+    return outcome
+
+
+CHILD_CASES: dict[str, Callable[[Spec], Outcome]] = {
+    "a": case_download_study,
+    "b": case_stream_study,
+    "c": case_iter_study,
+    "d": case_dwc_retrieve,
+    "e": case_dwc_iter,
+    "f": case_tutorial,
+    "g": case_bare_httpx,
+    "h": case_curl,
+}
+# Cases that write one file rather than a directory of instances.
+SINGLE_FILE = {"g", "h"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--framing",
+        choices=["length", "close", "chunked"],
+        default="length",
+        help="how the server delimits the response (default length)",
+    )
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        return common.child_main(args.child, CHILD_CASES)
+
+    keys = common.selected(CASES, args.cases)
+    stats = {key: common.CaseStats(CASES[key]) for key in keys}
+    total = args.count * args.size
+    common.progress(common.environment())
+    synthetic = f"{STUDY_UID}:{args.count}:{args.size}"
+    with (
+        common.scratch_dir(args.out_dir) as scratch,
+        common.loopback_server(
+            "--synthetic", synthetic, "--framing", args.framing, "--hashing", "none"
+        ) as url,
+    ):
+        runs = len(keys) * args.repeat
+        done = 0
+        for _ in range(args.repeat):
+            for key in keys:  # interleaved, so drift on a noisy machine hits every case
+                target = scratch / f"case-{key}"
+                out = target / "study.multipart" if key in SINGLE_FILE else target
+                spec = {"case": key, "url": url, "study": STUDY_UID, "out": str(out)}
+                result = common.run_child(MODULE, spec)
+                common.clear_dir(target)
+                done += 1
+                note = stats[key].add(result, args.count, args.size)
+                common.progress(f"[{done}/{runs}] {CASES[key]}: {note}")
+    title = (
+        f"Download of {args.count} x {args.size / common.MIB:g} MiB "
+        f"({total / common.MB:.0f} MB), framing={args.framing}, {args.repeat} runs, "
+        f"out dir {args.out_dir or '/tmp'}"
+    )
+    common.print_table(title, list(stats.values()), stats.get(BASELINE))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
