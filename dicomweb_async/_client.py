@@ -16,11 +16,15 @@ from pydicom.dataset import Dataset
 from . import _qido, _stow, _wado
 from ._aiter import ClosingIterator
 from ._auth import BearerAuth
+from ._bulk_upload import Sources, UploadPipeline, UploadReport
+from ._bulk_upload import store_folder as run_upload
 from ._download import DownloadedInstance, save_parts
 from ._exceptions import MethodNotAllowedError, ProtocolError
+from ._journal import Journal
 from ._media import MediaTypeSpec, accept_header
 from ._multipart_writer import StoreItem
 from ._parts import PartStream
+from ._progress import ProgressCallback
 from ._retry import RetryPolicy
 from ._store_result import StoreResult
 from ._transport import Transport, make_http_client
@@ -126,6 +130,7 @@ class AsyncDICOMwebClient:
         self._transport = Transport(
             self.base_url, client, owns_client=owns, retry=retry or RetryPolicy()
         )
+        self.max_connections: int | None = max_connections if owns else None
         self._limits = reader_limits or ReaderLimits()
 
     def __repr__(self) -> str:
@@ -704,6 +709,92 @@ class AsyncDICOMwebClient:
             check_uid(study_instance_uid, "StudyInstanceUID")
         return await _stow.store(
             self._transport, datasets, study_instance_uid, single_part=single_part
+        )
+
+    # ------------------------------------------------------------------ bulk upload
+
+    def _check_concurrency(self, concurrency: int) -> None:
+        if self.max_connections is not None and concurrency > self.max_connections:
+            raise ValueError(
+                f"concurrency {concurrency} exceeds the connection pool ({self.max_connections}"
+                " connections): create the client with max_connections >= concurrency"
+            )
+
+    def upload_pipeline(
+        self,
+        sources: Sources,
+        *,
+        concurrency: int = 8,
+        max_request_bytes: int | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> UploadPipeline:
+        """Upload files as they come; iterate their outcomes as they complete.
+
+        Use as ``async with client.upload_pipeline(paths) as outcomes: async for o in
+        outcomes: ...``. ``sources`` may be an async iterable, so a pipeline stage can
+        feed files in while earlier ones are uploading. Parameters are those of
+        :meth:`store_folder`.
+        """
+        self._check_concurrency(concurrency)
+        return UploadPipeline(
+            self._transport,
+            sources,
+            concurrency=concurrency,
+            max_request_bytes=max_request_bytes,
+            journal=journal,
+            progress=progress,
+        )
+
+    async def store_folder(
+        self,
+        sources: Sources,
+        *,
+        concurrency: int = 8,
+        max_request_bytes: int | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> UploadReport:
+        """Upload every DICOM file in folders (recursively) or in a list of paths.
+
+        Parameters
+        ----------
+        sources : path, or (async) iterable of paths
+            Files and folders.
+        concurrency : int
+            Requests in flight at once (at most the client's ``max_connections``).
+        max_request_bytes : int or None
+            None (default) sends one instance per request; a number groups consecutive
+            instances of one study into requests of up to that many bytes (the Azure
+            DICOM service takes at most 4 GB per request).
+        journal : path or Journal, optional
+            A file recording every instance the server confirmed. Re-running the same
+            upload with it after a crash or Ctrl-C skips those and sends the rest.
+        progress : callable, optional
+            Called with :class:`Progress` events as files finish.
+
+        Returns
+        -------
+        UploadReport
+            One :class:`FileOutcome` per input file: stored, already stored (409 with
+            FailureReason 45070, or recorded in the journal), failed (with the reason or
+            error), or skipped (not DICOM, with why). Failures do not raise; call
+            ``report.raise_for_failures()`` for that.
+
+        Notes
+        -----
+        Headers are read (up to the pixel data) in worker threads; files are sent as
+        they are, re-read from disk on every retry. 429, 502, 503, 504, dropped
+        connections and FailureReason 45071 are retried; validation failures are not.
+        """
+        return await run_upload(
+            self.upload_pipeline(
+                sources,
+                concurrency=concurrency,
+                max_request_bytes=max_request_bytes,
+                journal=journal,
+                progress=progress,
+            )
         )
 
     # ------------------------------------------------------------------ DELETE
