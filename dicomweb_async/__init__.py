@@ -5,6 +5,8 @@ underscore are private and may change without notice.
 """
 
 from ._auth import BearerAuth, TokenProvider
+from ._bulk_download import DownloadOutcome, DownloadPipeline, DownloadReport
+from ._bulk_upload import FileOutcome, UploadPipeline, UploadReport
 from ._client import AsyncDICOMwebClient, AuthLike
 from ._download import DownloadedInstance
 from ._exceptions import (
@@ -23,6 +25,7 @@ from ._exceptions import (
     TimeoutError,
     TransportError,
 )
+from ._journal import Journal, JournalEntry
 from ._media import MediaType, parse_media_type
 from ._multipart import (
     MultipartReader,
@@ -34,6 +37,7 @@ from ._multipart import (
 )
 from ._multipart_writer import BodyPart, MultipartWriter
 from ._parts import Part, PartStream
+from ._progress import Progress, ProgressCallback
 from ._retry import RetryPolicy
 from ._store_result import FailureReason, StoreOutcome, StoreResult
 from ._wado import Frame, ReaderLimits
@@ -48,10 +52,16 @@ __all__ = [
     "BodyPart",
     "ConflictError",
     "DICOMwebError",
+    "DownloadOutcome",
+    "DownloadPipeline",
+    "DownloadReport",
     "DownloadedInstance",
     "FailureReason",
+    "FileOutcome",
     "Frame",
     "HTTPStatusError",
+    "Journal",
+    "JournalEntry",
     "MediaType",
     "MethodNotAllowedError",
     "MultipartError",
@@ -66,6 +76,8 @@ __all__ = [
     "PartStart",
     "PartStream",
     "PermissionDeniedError",
+    "Progress",
+    "ProgressCallback",
     "ProtocolError",
     "ReaderLimits",
     "RetryPolicy",
@@ -77,6 +89,8 @@ __all__ = [
     "TimeoutError",
     "TokenProvider",
     "TransportError",
-    "__version__",
+    "UploadPipeline",
+    "UploadReport",
     "parse_media_type",
+    "__version__",
 ]

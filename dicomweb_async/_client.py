@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from . import _qido, _stow, _wado
 from ._aiter import ClosingIterator
 from ._auth import BearerAuth
+from ._bulk_download import DownloadPipeline, DownloadReport, StudySources, run_download
 from ._bulk_upload import Sources, UploadPipeline, UploadReport
 from ._bulk_upload import store_folder as run_upload
 from ._download import DownloadedInstance, save_parts
@@ -396,6 +397,8 @@ class AsyncDICOMwebClient:
         study_instance_uid: str,
         directory: str | os.PathLike[str],
         media_types: MediaTypes = None,
+        *,
+        concurrency: int = 1,
     ) -> list[DownloadedInstance]:
         """Write every instance of a study to ``directory/<study>/<series>/<sop>.dcm``.
 
@@ -404,10 +407,25 @@ class AsyncDICOMwebClient:
         breaks off, the instances completed so far stay on disk, no partial file is
         left, and the error is raised.
 
+        Parameters
+        ----------
+        study_instance_uid : str
+        directory : path
+        media_types : sequence, optional
+            Acceptable media types and transfer syntaxes (default: stored encoding).
+        concurrency : int
+            1 fetches the study in one request. More lists the study's instances with
+            QIDO-RS and fetches its series (or single instances) in parallel; see
+            :meth:`download_studies` for skipping files already on disk.
+
         Returns
         -------
         list of DownloadedInstance
         """
+        if concurrency > 1:
+            return await self._download_parallel(
+                study_instance_uid, None, directory, media_types, concurrency
+            )
         return await self._download(
             self.stream_study(study_instance_uid, media_types),
             directory,
@@ -421,13 +439,133 @@ class AsyncDICOMwebClient:
         series_instance_uid: str,
         directory: str | os.PathLike[str],
         media_types: MediaTypes = None,
+        *,
+        concurrency: int = 1,
     ) -> list[DownloadedInstance]:
-        """Write every instance of a series to disk (see :meth:`download_study`)."""
+        """Write every instance of a series to disk (see :meth:`download_study`).
+
+        With ``concurrency`` above 1 the series' instances are fetched one per request,
+        that many at a time.
+        """
+        if concurrency > 1:
+            return await self._download_parallel(
+                study_instance_uid, series_instance_uid, directory, media_types, concurrency
+            )
         return await self._download(
             self.stream_series(study_instance_uid, series_instance_uid, media_types),
             directory,
             study_instance_uid,
             series_instance_uid,
+        )
+
+    async def _download_parallel(
+        self,
+        study: str,
+        series: str | None,
+        directory: str | os.PathLike[str],
+        media_types: MediaTypes,
+        concurrency: int,
+    ) -> list[DownloadedInstance]:
+        self._check_concurrency(concurrency)
+        pipeline = DownloadPipeline(
+            self._transport,
+            self._limits,
+            study,
+            directory,
+            concurrency=concurrency,
+            skip_existing=False,
+            series=series,
+            media_types=media_types,
+            split_series=series is not None,
+        )
+        report = (await run_download(pipeline)).raise_for_failures()
+        return [
+            DownloadedInstance(
+                o.path,
+                o.study_instance_uid,
+                o.series_instance_uid or "",
+                o.sop_instance_uid or "",
+                o.size,
+                None,
+            )
+            for o in report.downloaded
+            if o.path is not None
+        ]
+
+    def download_pipeline(
+        self,
+        studies: StudySources,
+        directory: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        skip_existing: bool = True,
+        progress: ProgressCallback | None = None,
+        media_types: MediaTypes = None,
+    ) -> DownloadPipeline:
+        """Download studies as they come; iterate per-instance outcomes as they complete.
+
+        Use as ``async with client.download_pipeline(uids, "out/") as outcomes: async for
+        o in outcomes: ...``; ``studies`` may be an async iterable fed by an earlier
+        pipeline stage. Parameters are those of :meth:`download_studies`.
+        """
+        self._check_concurrency(concurrency)
+        return DownloadPipeline(
+            self._transport,
+            self._limits,
+            studies,
+            directory,
+            concurrency=concurrency,
+            skip_existing=skip_existing,
+            progress=progress,
+            media_types=media_types,
+        )
+
+    async def download_studies(
+        self,
+        studies: StudySources | Mapping[str, Any],
+        directory: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        skip_existing: bool = True,
+        progress: ProgressCallback | None = None,
+        media_types: MediaTypes = None,
+    ) -> DownloadReport:
+        """Download many studies to ``directory/<study>/<series>/<sop>.dcm``.
+
+        Parameters
+        ----------
+        studies : str, iterable of str, async iterable of str, or mapping
+            Study Instance UIDs, or QIDO-RS search filters (a mapping such as
+            ``{"PatientID": "ID1"}``) whose matching studies are downloaded.
+        directory : path
+        concurrency : int
+            Requests in flight at once (series, or single instances, in parallel).
+        skip_existing : bool
+            Files appear under their final names only once complete, so the directory
+            is its own journal: a re-run skips instances already on disk.
+        progress : callable, optional
+            Called with :class:`Progress` events.
+        media_types : sequence, optional
+            Acceptable media types and transfer syntaxes (default: stored encoding).
+
+        Returns
+        -------
+        DownloadReport
+            One :class:`DownloadOutcome` per instance: downloaded, skipped (already on
+            disk) or failed. Failures do not raise; call ``report.raise_for_failures()``.
+        """
+        if isinstance(studies, Mapping):
+            found = await self.search_for_studies(search_filters=studies, get_remaining=True)
+            studies = [uid for uid in (_qido.first_value(s, "0020000D") for s in found) if uid]
+        return await run_download(
+            self.download_pipeline(
+                studies,
+                directory,
+                concurrency=concurrency,
+                skip_existing=skip_existing,
+                progress=progress,
+                media_types=media_types,
+            )
         )
 
     # ------------------------------------------------------------------ WADO-RS: datasets

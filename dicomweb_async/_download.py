@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +172,12 @@ class _Writer:
             self._tmp = None
 
 
-async def _drain(receive: MemoryObjectReceiveStream[_Item], writer: _Writer) -> None:
+async def _drain(
+    receive: MemoryObjectReceiveStream[_Item],
+    writer: _Writer,
+    on_saved: Callable[[DownloadedInstance], None] | None,
+) -> None:
+    reported = 0
     async with receive:
         async for first in receive:
             batch = [first]
@@ -185,6 +191,10 @@ async def _drain(receive: MemoryObjectReceiveStream[_Item], writer: _Writer) -> 
                 if isinstance(item, bytes):
                     size += len(item)
             await anyio.to_thread.run_sync(writer.apply, batch)
+            if on_saved is not None:
+                for saved in writer.saved[reported:]:
+                    on_saved(saved)
+                reported = len(writer.saved)
 
 
 async def save_parts(
@@ -193,6 +203,7 @@ async def save_parts(
     *,
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
+    on_saved: Callable[[DownloadedInstance], None] | None = None,
 ) -> list[DownloadedInstance]:
     """Stream every part of a response into ``directory``, renamed after its UIDs.
 
@@ -204,6 +215,8 @@ async def save_parts(
         Root of the ``<study>/<series>/<sop>.dcm`` tree.
     study_instance_uid, series_instance_uid : str, optional
         When given, every instance must belong to them.
+    on_saved : callable, optional
+        Called on the event loop with each instance once it is on disk.
 
     Returns
     -------
@@ -223,7 +236,7 @@ async def save_parts(
     failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, receive, writer)
+            tg.start_soon(_drain, receive, writer, on_saved)
             async with send:
                 try:
                     async for part in parts:

@@ -11,7 +11,7 @@ from ._media import DICOM_JSON
 from ._transport import Transport
 from ._urls import build_query, search_path
 
-__all__ = ["SearchParams", "iter_search", "search"]
+__all__ = ["SearchParams", "first_value", "iter_search", "search"]
 
 JSONDict = dict[str, Any]
 
@@ -54,8 +54,9 @@ class SearchParams:
         )
 
 
-def _key(level: str, item: JSONDict) -> str | None:
-    element = item.get(_KEY_TAG[level])
+def first_value(item: JSONDict, tag: str) -> str | None:
+    """The first value of attribute ``tag`` (8 hex digits) of a DICOM JSON dataset."""
+    element = item.get(tag)
     if isinstance(element, dict):
         values = element.get("Value")
         if isinstance(values, list) and values:
@@ -99,7 +100,7 @@ async def iter_search(
     while True:
         page = await _page(transport, params, offset)
         for item in page:
-            key = _key(params.level, item)
+            key = first_value(item, _KEY_TAG[params.level])
             if key is not None:
                 if key in seen:
                     continue

@@ -1,0 +1,408 @@
+"""Bulk download: many studies, their series and instances fetched in parallel.
+
+Each study is first listed with QIDO-RS (instances with their series). Instances whose
+file is already on disk are skipped: files appear under their final names only once
+complete, so the download directory is its own journal and a re-run after a crash fetches
+only what is missing. A series with nothing on disk is fetched in one request; otherwise
+the missing instances are fetched one by one. Up to ``concurrency`` requests run at once;
+outcomes queue up (bounded) for the consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from . import _qido, _wado
+from ._download import DownloadedInstance, save_parts
+from ._exceptions import DICOMwebError
+from ._media import MediaTypeSpec, accept_header
+from ._progress import ProgressCallback, ProgressTracker
+from ._transport import Transport
+from ._urls import check_uid, instance_path, series_path, study_path
+
+__all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources"]
+
+#: Studies to download: UIDs, or an (async) iterable of them.
+StudySources = str | Iterable[str] | AsyncIterable[str]
+
+DownloadStatus = Literal["downloaded", "skipped", "failed"]
+
+_SERIES_TAG = "0020000E"
+_SOP_TAG = "00080018"
+
+
+@dataclass(frozen=True)
+class DownloadOutcome:
+    """What happened to one instance (or, when it could not be listed, one study).
+
+    Attributes
+    ----------
+    study_instance_uid : str
+    series_instance_uid, sop_instance_uid : str or None
+        None when a whole study failed before its instances were known.
+    status : {"downloaded", "skipped", "failed"}
+        ``skipped``: the file was already complete on disk.
+    path : Path or None
+        The file, for downloaded and skipped instances.
+    size : int
+        File size in bytes.
+    message : str or None
+        Why an instance failed.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    status: DownloadStatus
+    path: Path | None = None
+    size: int = 0
+    message: str | None = None
+
+
+@dataclass
+class DownloadReport:
+    """Every instance of a bulk download with its outcome."""
+
+    outcomes: list[DownloadOutcome] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def _with(self, status: DownloadStatus) -> list[DownloadOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def downloaded(self) -> list[DownloadOutcome]:
+        """Instances written in this run."""
+        return self._with("downloaded")
+
+    @property
+    def skipped(self) -> list[DownloadOutcome]:
+        """Instances already complete on disk."""
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[DownloadOutcome]:
+        """Instances (or studies) that could not be downloaded."""
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failed
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """Bytes written in this run."""
+        return sum(o.size for o in self.downloaded)
+
+    def summary(self) -> str:
+        """One line: counts by status, bytes and rate."""
+        rate = self.bytes_downloaded / self.elapsed / 1e6 if self.elapsed > 0 else 0.0
+        return (
+            f"{len(self.downloaded)} downloaded, {len(self.skipped)} already on disk, "
+            f"{len(self.failed)} failed; {self.bytes_downloaded / 1e6:.1f} MB in "
+            f"{self.elapsed:.2f} s ({rate:.1f} MB/s)"
+        )
+
+    def raise_for_failures(self) -> DownloadReport:
+        """Raise :class:`DICOMwebError` if anything failed; else return self."""
+        failed = self.failed
+        if failed:
+            first = failed[0]
+            what = first.sop_instance_uid or f"study {first.study_instance_uid}"
+            raise DICOMwebError(
+                f"{len(failed)} download(s) failed; first: {what}: {first.message}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One request: a whole study, a whole series, or one instance."""
+
+    study: str
+    series: str | None
+    sops: tuple[str, ...]  # the instances expected (empty for a study not listed)
+    whole_series: bool
+
+
+class DownloadPipeline:
+    """Download studies as they come and hand back outcomes as instances complete.
+
+    Use as ``async with client.download_pipeline(uids, directory) as outcomes: async for
+    outcome in outcomes: ...``; leaving the block early cancels what is in flight.
+
+    Parameters
+    ----------
+    transport : Transport
+    limits : ReaderLimits
+    studies : str or (async) iterable of str
+        Study Instance UIDs.
+    directory : path
+        Root of the ``<study>/<series>/<sop>.dcm`` tree.
+    concurrency : int
+        Requests in flight at once.
+    skip_existing : bool
+        Skip instances whose file is already on disk (complete by construction).
+    series : str, optional
+        Restrict a single-study download to this series.
+    split_series : bool
+        Fetch every instance in its own request, even when a whole series is missing
+        (parallelism within one series).
+    progress : callable, optional
+        Receives :class:`Progress` events.
+    media_types : sequence, optional
+        Acceptable media types (default: the stored encoding).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        limits: _wado.ReaderLimits,
+        studies: StudySources,
+        directory: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        skip_existing: bool = True,
+        series: str | None = None,
+        progress: ProgressCallback | None = None,
+        media_types: Sequence[MediaTypeSpec] | None = None,
+        split_series: bool = False,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._transport = transport
+        self._limits = limits
+        self._studies = [studies] if isinstance(studies, str) else studies
+        self.directory = Path(directory)
+        self.concurrency = concurrency
+        self.skip_existing = skip_existing
+        self.series = series
+        self.split_series = split_series
+        self.tracker = ProgressTracker("download", progress)
+        self._accept = accept_header(
+            media_types, default=_wado.DEFAULT_INSTANCE_TYPE, multipart=True
+        )
+        self._tg: TaskGroup | None = None
+        self._results: MemoryObjectReceiveStream[DownloadOutcome] | None = None
+        self._drained = False
+        self._expected = 0
+
+    async def __aenter__(self) -> DownloadPipeline:
+        await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
+        unit_send, unit_recv = anyio.create_memory_object_stream[_Unit](self.concurrency)
+        result_send, self._results = anyio.create_memory_object_stream[DownloadOutcome](
+            4 * self.concurrency
+        )
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        async with result_send, unit_recv:
+            self._tg.start_soon(self._plan, unit_send, result_send.clone())
+            for _ in range(self.concurrency):
+                self._tg.start_soon(self._fetch_units, unit_recv.clone(), result_send.clone())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None and self._results is not None
+        try:
+            if exc_type is not None or not self._drained:
+                self._tg.cancel_scope.cancel()
+            await self._results.aclose()
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self.tracker.finish()
+
+    def __aiter__(self) -> AsyncIterator[DownloadOutcome]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[DownloadOutcome]:
+        assert self._results is not None, "use `async with` before iterating"
+        async for outcome in self._results:
+            yield outcome
+        self._drained = True
+
+    # -- planning ------------------------------------------------------------------------
+
+    async def _iter_studies(self) -> AsyncIterator[str]:
+        studies = self._studies
+        if isinstance(studies, AsyncIterable):
+            async for uid in studies:
+                yield uid
+        else:
+            for uid in studies:
+                yield uid
+
+    def _target(self, study: str, series: str, sop: str) -> Path:
+        return self.directory / study / series / f"{sop}.dcm"
+
+    async def _plan(
+        self,
+        units: MemoryObjectSendStream[_Unit],
+        results: MemoryObjectSendStream[DownloadOutcome],
+    ) -> None:
+        async with units, results:
+            async for study in self._iter_studies():
+                try:
+                    check_uid(study, "StudyInstanceUID")
+                    params = _qido.SearchParams("instances", study, self.series)
+                    listing = await _qido.search(self._transport, params, get_remaining=True)
+                except (DICOMwebError, ValueError) as exc:
+                    if isinstance(exc, ValueError):
+                        await self._emit(
+                            results, DownloadOutcome(study, None, None, "failed", message=str(exc))
+                        )
+                        continue
+                    # Without a listing the study can still be fetched whole.
+                    await units.send(_Unit(study, self.series, (), whole_series=False))
+                    continue
+                by_series: dict[str, list[str]] = {}
+                for item in listing:
+                    series = _qido.first_value(item, _SERIES_TAG)
+                    sop = _qido.first_value(item, _SOP_TAG)
+                    if series and sop:
+                        by_series.setdefault(series, []).append(sop)
+                if not by_series:
+                    await self._emit(
+                        results,
+                        DownloadOutcome(
+                            study, self.series, None, "failed", message="no instances found"
+                        ),
+                    )
+                    continue
+                for series, sops in by_series.items():
+                    self._expected += len(sops)
+                    on_disk: dict[str, int] = {}
+                    if self.skip_existing:
+                        on_disk = await anyio.to_thread.run_sync(
+                            _existing, self.directory / study / series
+                        )
+                    missing = []
+                    for sop in sops:
+                        if sop in on_disk:
+                            target = self._target(study, series, sop)
+                            await self._emit(
+                                results,
+                                DownloadOutcome(
+                                    study, series, sop, "skipped", target, on_disk[sop]
+                                ),
+                            )
+                        else:
+                            missing.append(sop)
+                    whole = len(missing) == len(sops) > 1 and not self.split_series
+                    if whole:
+                        await units.send(_Unit(study, series, tuple(missing), whole_series=True))
+                    else:
+                        for sop in missing:
+                            await units.send(_Unit(study, series, (sop,), whole_series=False))
+            self.tracker.set_total(self._expected)
+
+    async def _emit(
+        self, results: MemoryObjectSendStream[DownloadOutcome], outcome: DownloadOutcome
+    ) -> None:
+        if outcome.status == "downloaded":
+            self.tracker.add(done=1, nbytes=outcome.size)
+        elif outcome.status == "skipped":
+            self.tracker.add(skipped=1)
+        else:
+            self.tracker.add(failed=1)
+        await results.send(outcome)
+
+    # -- fetching ------------------------------------------------------------------------
+
+    def _path(self, unit: _Unit) -> str:
+        if unit.series is None:
+            return study_path(unit.study)
+        if unit.whole_series or not unit.sops:
+            return series_path(unit.study, unit.series)
+        return instance_path(unit.study, unit.series, unit.sops[0])
+
+    async def _fetch_units(
+        self,
+        units: MemoryObjectReceiveStream[_Unit],
+        results: MemoryObjectSendStream[DownloadOutcome],
+    ) -> None:
+        async with units, results:
+            async for unit in units:
+                saved: list[DownloadedInstance] = []
+                error: str | None = None
+                try:
+                    async with _wado.open_parts(
+                        self._transport, self._path(unit), self._accept, limits=self._limits
+                    ) as parts:
+                        await save_parts(
+                            parts,
+                            self.directory,
+                            study_instance_uid=unit.study,
+                            series_instance_uid=unit.series,
+                            on_saved=saved.append,
+                        )
+                except (DICOMwebError, OSError) as exc:
+                    error = str(exc)
+                for item in saved:
+                    await self._emit(
+                        results,
+                        DownloadOutcome(
+                            item.study_instance_uid,
+                            item.series_instance_uid,
+                            item.sop_instance_uid,
+                            "downloaded",
+                            item.path,
+                            item.size,
+                        ),
+                    )
+                got = {item.sop_instance_uid for item in saved}
+                for sop in unit.sops:
+                    if sop not in got:
+                        await self._emit(
+                            results,
+                            DownloadOutcome(
+                                unit.study,
+                                unit.series,
+                                sop,
+                                "failed",
+                                message=error or "not in the server's response",
+                            ),
+                        )
+                if not unit.sops and error is not None:
+                    await self._emit(
+                        results,
+                        DownloadOutcome(unit.study, unit.series, None, "failed", message=error),
+                    )
+
+
+def _existing(folder: Path) -> dict[str, int]:
+    """SOP Instance UID -> size of the complete files in a series folder."""
+    found: dict[str, int] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.endswith(".dcm") and entry.is_file():
+            found[entry.name[: -len(".dcm")]] = entry.stat().st_size
+    return found
+
+
+async def run_download(pipeline: DownloadPipeline) -> DownloadReport:
+    """Run a pipeline to the end and collect its outcomes."""
+    started = time.perf_counter()
+    report = DownloadReport()
+    async with pipeline as outcomes:
+        async for outcome in outcomes:
+            report.outcomes.append(outcome)
+    report.elapsed = time.perf_counter() - started
+    return report
