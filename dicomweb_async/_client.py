@@ -7,11 +7,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
-from pydicom.dataset import Dataset
 
 from . import _qido, _stow, _wado
 from ._aiter import ClosingIterator
@@ -31,6 +30,9 @@ from ._store_result import StoreResult
 from ._transport import Transport, make_http_client
 from ._urls import check_uid, instance_path, series_path, study_path
 from ._wado import Frame, ReaderLimits
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["AsyncDICOMwebClient", "AuthLike"]
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import pydicom
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._exceptions import ProtocolError
@@ -138,6 +137,8 @@ class _Writer:
         self._fd = None
         tmp, start, size = self._tmp, self._start, self._size
         try:
+            import pydicom
+
             ds = pydicom.dcmread(tmp, stop_before_pixels=True, specific_tags=list(_UID_NAMES))
             uids = tuple(str(ds.get(name, "")) for name in _UID_NAMES)
         except Exception as exc:  # pydicom raises many types for bad input

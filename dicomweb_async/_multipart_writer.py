@@ -12,15 +12,16 @@ import copy
 import io
 import os
 import secrets
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from typing import TYPE_CHECKING, TypeAlias
 
 from ._media import DICOM
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "BodyPart",
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 #: What :meth:`AsyncDICOMwebClient.store_instances` accepts as one instance.
-StoreItem = str | os.PathLike[str] | bytes | bytearray | memoryview | Dataset
+StoreItem: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | Dataset"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ def dataset_bytes(dataset: Dataset) -> bytes:
     meta information derived from its SOP Class and Instance UIDs; the caller's dataset
     is not modified.
     """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
     buf = io.BytesIO()
     meta = getattr(dataset, "file_meta", None)
     if meta is None or not meta.get("TransferSyntaxUID"):
@@ -100,7 +105,10 @@ def body_part(item: StoreItem) -> BodyPart:
     TypeError
         For any other kind of input.
     """
-    if isinstance(item, Dataset):
+    # pydicom is imported only when needed (it brings numpy): if it is not loaded yet,
+    # the item cannot be one of its Datasets.
+    pydicom = sys.modules.get("pydicom")
+    if pydicom is not None and isinstance(item, pydicom.dataset.Dataset):
         data = dataset_bytes(item)
         return BodyPart(size=len(data), data=data)
     if isinstance(item, bytes | bytearray | memoryview):

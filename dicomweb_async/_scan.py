@@ -12,9 +12,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from ._urls import check_uid
 
 __all__ = ["ScannedFile", "Unreadable", "iter_paths", "scan_file"]
@@ -102,6 +99,9 @@ def scan_file(path: Path) -> ScannedFile | Unreadable:
         stat = path.stat()
     except OSError as exc:
         return Unreadable(path, f"cannot read: {exc.strerror or exc}", corrupt=True)
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         with path.open("rb") as f:
             preamble = f.read(132)

@@ -6,11 +6,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ProtocolError, StoreFailedError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["FailureReason", "StoreOutcome", "StoreResult", "parse_store_response"]
 
@@ -91,6 +92,8 @@ class StoreResult:
     @cached_property
     def dataset(self) -> Dataset:
         """The response as a pydicom Dataset (built on first use; empty if no body)."""
+        from pydicom.dataset import Dataset
+
         try:
             return Dataset.from_json(self.json) if self.json else Dataset()
         except Exception as exc:  # pydicom raises several types for bad DICOM JSON

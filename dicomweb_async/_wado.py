@@ -6,11 +6,9 @@ import io
 import json
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import pydicom
-from pydicom.dataset import Dataset
 
 from ._exceptions import ProtocolError
 from ._media import DICOM, DICOM_JSON, OCTET_STREAM, MediaTypeSpec, accept_header
@@ -18,6 +16,9 @@ from ._multipart import make_reader
 from ._parts import Part, PartStream
 from ._transport import Transport
 from ._urls import build_query
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "Frame",
@@ -115,6 +116,8 @@ async def open_parts(
 
 
 def _parse_dataset(data: bytes) -> Dataset:
+    import pydicom
+
     return pydicom.dcmread(io.BytesIO(data))
 
 
