@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import _qido, _wado
 from ._download import DownloadedInstance, save_parts
 from ._exceptions import DICOMwebError
+from ._groups import single_error
 from ._media import MediaTypeSpec, accept_header
 from ._progress import ProgressCallback, ProgressTracker
 from ._transport import Transport
@@ -222,7 +223,13 @@ class DownloadPipeline:
             if exc_type is not None or not self._drained:
                 self._tg.cancel_scope.cancel()
             await self._results.aclose()
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            try:
+                return await self._tg.__aexit__(exc_type, exc, tb)
+            except BaseException as error:
+                inner = single_error(error)
+                if inner is error:
+                    raise
+                raise inner from None
         finally:
             self.tracker.finish()
 

@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _stow
 from ._exceptions import DICOMwebError, StoreFailedError
+from ._groups import single_error
 from ._journal import Journal, JournalEntry
 from ._progress import ProgressCallback, ProgressTracker
 from ._retry import RetryPolicy
@@ -47,8 +48,6 @@ Sources = (
 Status = Literal["stored", "already_stored", "failed", "skipped"]
 
 _SCAN_BATCH = 32
-# Azure accepts at most 4 GB in one request.
-AZURE_MAX_REQUEST_BYTES = 4 * 1000**3
 
 
 @dataclass(frozen=True)
@@ -262,7 +261,13 @@ class UploadPipeline:
             if exc_type is not None or not self._drained:
                 self._tg.cancel_scope.cancel()
             await self._results.aclose()
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            try:
+                return await self._tg.__aexit__(exc_type, exc, tb)
+            except BaseException as error:
+                inner = single_error(error)
+                if inner is error:
+                    raise
+                raise inner from None
         finally:
             if self.journal is not None and self._own_journal:
                 await self.journal.aclose()

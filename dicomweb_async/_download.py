@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,9 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._exceptions import ProtocolError
+from ._groups import single_error
 from ._parts import PartStream
 from ._urls import check_uid
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["DownloadedInstance", "save_parts"]
 
@@ -251,9 +248,9 @@ async def save_parts(
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(writer.discard)
-        # Callers expect the error itself, not the task group's wrapping of it.
-        if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            raise exc.exceptions[0] from None
+        inner = single_error(exc)
+        if inner is not exc:
+            raise inner from None
         raise
     if failure is not None:
         await anyio.to_thread.run_sync(writer.discard)
