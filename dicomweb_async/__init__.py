@@ -4,6 +4,8 @@ The public API is everything named in ``__all__``; modules whose names start wit
 underscore are private and may change without notice.
 """
 
+import logging
+
 from ._auth import BearerAuth, TokenProvider
 from ._bulk_download import DownloadOutcome, DownloadPipeline, DownloadReport
 from ._bulk_upload import FileOutcome, UploadPipeline, UploadReport
@@ -43,6 +45,10 @@ from ._store_result import FailureReason, StoreOutcome, StoreResult
 from ._wado import Frame, ReaderLimits
 
 __version__ = "0.1.0.dev0"
+
+# A library leaves logging output to the application; without this, Python would print
+# retry warnings on stderr by itself.
+logging.getLogger("dicomweb_async").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncDICOMwebClient",

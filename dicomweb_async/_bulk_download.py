@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 import anyio
@@ -25,8 +24,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import _qido, _wado
 from ._download import DownloadedInstance, save_parts
 from ._exceptions import DICOMwebError
-from ._groups import single_error
 from ._media import MediaTypeSpec, accept_header
+from ._pipeline import Pipeline
 from ._progress import ProgressCallback, ProgressTracker
 from ._transport import Transport
 from ._urls import check_uid, instance_path, series_path, study_path
@@ -136,7 +135,7 @@ class _Unit:
     whole_series: bool
 
 
-class DownloadPipeline:
+class DownloadPipeline(Pipeline[DownloadOutcome]):
     """Download studies as they come and hand back outcomes as instances complete.
 
     Use as ``async with client.download_pipeline(uids, directory) as outcomes: async for
@@ -193,54 +192,21 @@ class DownloadPipeline:
         self._accept = accept_header(
             media_types, default=_wado.DEFAULT_INSTANCE_TYPE, multipart=True
         )
-        self._tg: TaskGroup | None = None
-        self._results: MemoryObjectReceiveStream[DownloadOutcome] | None = None
-        self._drained = False
+        self.result_buffer = 4 * concurrency
         self._expected = 0
 
-    async def __aenter__(self) -> DownloadPipeline:
+    async def _open(self) -> None:
         await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
+
+    def _start(self, tg: TaskGroup, results: MemoryObjectSendStream[DownloadOutcome]) -> None:
         unit_send, unit_recv = anyio.create_memory_object_stream[_Unit](self.concurrency)
-        result_send, self._results = anyio.create_memory_object_stream[DownloadOutcome](
-            4 * self.concurrency
-        )
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        async with result_send, unit_recv:
-            self._tg.start_soon(self._plan, unit_send, result_send.clone())
+        with unit_recv:
+            tg.start_soon(self._plan, unit_send, results.clone())
             for _ in range(self.concurrency):
-                self._tg.start_soon(self._fetch_units, unit_recv.clone(), result_send.clone())
-        return self
+                tg.start_soon(self._fetch_units, unit_recv.clone(), results.clone())
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None and self._results is not None
-        try:
-            if exc_type is not None or not self._drained:
-                self._tg.cancel_scope.cancel()
-            await self._results.aclose()
-            try:
-                return await self._tg.__aexit__(exc_type, exc, tb)
-            except BaseException as error:
-                inner = single_error(error)
-                if inner is error:
-                    raise
-                raise inner from None
-        finally:
-            self.tracker.finish()
-
-    def __aiter__(self) -> AsyncIterator[DownloadOutcome]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[DownloadOutcome]:
-        assert self._results is not None, "use `async with` before iterating"
-        async for outcome in self._results:
-            yield outcome
-        self._drained = True
+    async def _close(self) -> None:
+        self.tracker.finish()
 
     # -- planning ------------------------------------------------------------------------
 

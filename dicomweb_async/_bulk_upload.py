@@ -16,7 +16,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 import anyio
@@ -25,8 +24,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _stow
 from ._exceptions import DICOMwebError, StoreFailedError
-from ._groups import single_error
 from ._journal import Journal, JournalEntry
+from ._pipeline import Pipeline
 from ._progress import ProgressCallback, ProgressTracker
 from ._retry import RetryPolicy
 from ._scan import ScannedFile, Unreadable, iter_paths, scan_file
@@ -168,7 +167,7 @@ def _normalize(
     return sources
 
 
-class UploadPipeline:
+class UploadPipeline(Pipeline[FileOutcome]):
     """Upload files as they come and hand back their outcomes as they complete.
 
     Use as an async context manager whose value is iterated::
@@ -227,62 +226,28 @@ class UploadPipeline:
         )
         self.tracker = ProgressTracker("upload", progress)
         self.retry = retry or transport.retry
-        self._tg: TaskGroup | None = None
-        self._results: MemoryObjectReceiveStream[FileOutcome] | None = None
+        self.result_buffer = 4 * concurrency
         self.inputs = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> UploadPipeline:
+    async def _open(self) -> None:
         if self.journal is not None:
             await self.journal.open()
+
+    def _start(self, tg: TaskGroup, results: MemoryObjectSendStream[FileOutcome]) -> None:
         batch_send, batch_recv = anyio.create_memory_object_stream[list[ScannedFile]](
             self.concurrency
         )
-        result_send, self._results = anyio.create_memory_object_stream[FileOutcome](
-            4 * self.concurrency
-        )
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        async with result_send, batch_recv:
-            self._tg.start_soon(self._produce, batch_send, result_send.clone())
+        with batch_recv:
+            tg.start_soon(self._produce, batch_send, results.clone())
             for _ in range(self.concurrency):
-                self._tg.start_soon(self._send_batches, batch_recv.clone(), result_send.clone())
-        return self
+                tg.start_soon(self._send_batches, batch_recv.clone(), results.clone())
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None and self._results is not None
-        try:
-            if exc_type is not None or not self._drained:
-                self._tg.cancel_scope.cancel()
-            await self._results.aclose()
-            try:
-                return await self._tg.__aexit__(exc_type, exc, tb)
-            except BaseException as error:
-                inner = single_error(error)
-                if inner is error:
-                    raise
-                raise inner from None
-        finally:
-            if self.journal is not None and self._own_journal:
-                await self.journal.aclose()
-            self.tracker.finish()
-
-    _drained = False
-
-    def __aiter__(self) -> AsyncIterator[FileOutcome]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[FileOutcome]:
-        assert self._results is not None, "use `async with` before iterating"
-        async for outcome in self._results:
-            yield outcome
-        self._drained = True
+    async def _close(self) -> None:
+        if self.journal is not None and self._own_journal:
+            await self.journal.aclose()
+        self.tracker.finish()
 
     # -- producer: walk, scan, form requests -----------------------------------------------
 
@@ -356,7 +321,7 @@ class UploadPipeline:
     ) -> None:
         if outcome.status == "failed":
             self.tracker.add(failed=1)
-        elif outcome.status == "skipped" or outcome.from_journal:
+        elif outcome.status == "skipped":
             self.tracker.add(skipped=1)
         else:
             self.tracker.add(done=1, nbytes=outcome.size if outcome.status == "stored" else 0)
