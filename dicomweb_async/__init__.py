@@ -4,7 +4,7 @@ The public API is everything named in ``__all__``; modules whose names start wit
 underscore are private and may change without notice.
 """
 
-import logging
+import logging as _logging
 
 from ._auth import BearerAuth, TokenProvider
 from ._bulk_download import DownloadOutcome, DownloadPipeline, DownloadReport
@@ -48,7 +48,7 @@ __version__ = "0.1.0.dev0"
 
 # A library leaves logging output to the application; without this, Python would print
 # retry warnings on stderr by itself.
-logging.getLogger("dicomweb_async").addHandler(logging.NullHandler())
+_logging.getLogger("dicomweb_async").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AsyncDICOMwebClient",
