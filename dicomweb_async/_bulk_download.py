@@ -28,7 +28,7 @@ from ._media import MediaTypeSpec, accept_header
 from ._pipeline import Pipeline
 from ._progress import ProgressCallback, ProgressTracker
 from ._transport import Transport
-from ._urls import check_uid, instance_path, series_path, study_path
+from ._urls import check_uid, instance_path, series_path
 
 __all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources"]
 
@@ -127,11 +127,11 @@ class DownloadReport:
 
 @dataclass(frozen=True)
 class _Unit:
-    """One request: a whole study, a whole series, or one instance."""
+    """One request: a whole series, or one instance."""
 
     study: str
-    series: str | None
-    sops: tuple[str, ...]  # the instances expected (empty for a study not listed)
+    series: str
+    sops: tuple[str, ...]  # the instances expected in the answer
     whole_series: bool
 
 
@@ -193,6 +193,9 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
             media_types, default=_wado.DEFAULT_INSTANCE_TYPE, multipart=True
         )
         self.result_buffer = 4 * concurrency
+        # Listing requests and fetches share one bound, so at most `concurrency`
+        # requests are in flight whatever the mix.
+        self._limiter = anyio.CapacityLimiter(concurrency)
         self._expected = 0
 
     async def _open(self) -> None:
@@ -232,15 +235,16 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                 try:
                     check_uid(study, "StudyInstanceUID")
                     params = _qido.SearchParams("instances", study, self.series)
-                    listing = await _qido.search(self._transport, params, get_remaining=True)
+                    async with self._limiter:
+                        listing = await _qido.search(self._transport, params, get_remaining=True)
                 except (DICOMwebError, ValueError) as exc:
-                    if isinstance(exc, ValueError):
-                        await self._emit(
-                            results, DownloadOutcome(study, None, None, "failed", message=str(exc))
-                        )
-                        continue
-                    # Without a listing the study can still be fetched whole.
-                    await units.send(_Unit(study, self.series, (), whole_series=False))
+                    # Without a listing, files already on disk cannot be told apart from
+                    # missing ones; report the study so that a re-run can finish it.
+                    message = f"could not list the study's instances: {exc}"
+                    await self._emit(
+                        results,
+                        DownloadOutcome(study, self.series, None, "failed", message=message),
+                    )
                     continue
                 by_series: dict[str, list[str]] = {}
                 for item in listing:
@@ -297,9 +301,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
     # -- fetching ------------------------------------------------------------------------
 
     def _path(self, unit: _Unit) -> str:
-        if unit.series is None:
-            return study_path(unit.study)
-        if unit.whole_series or not unit.sops:
+        if unit.whole_series:
             return series_path(unit.study, unit.series)
         return instance_path(unit.study, unit.series, unit.sops[0])
 
@@ -313,9 +315,12 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                 saved: list[DownloadedInstance] = []
                 error: str | None = None
                 try:
-                    async with _wado.open_parts(
-                        self._transport, self._path(unit), self._accept, limits=self._limits
-                    ) as parts:
+                    async with (
+                        self._limiter,
+                        _wado.open_parts(
+                            self._transport, self._path(unit), self._accept, limits=self._limits
+                        ) as parts,
+                    ):
                         await save_parts(
                             parts,
                             self.directory,
@@ -350,11 +355,6 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                                 message=error or "not in the server's response",
                             ),
                         )
-                if not unit.sops and error is not None:
-                    await self._emit(
-                        results,
-                        DownloadOutcome(unit.study, unit.series, None, "failed", message=error),
-                    )
 
 
 def _existing(folder: Path) -> dict[str, int]:

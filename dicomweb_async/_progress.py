@@ -22,7 +22,8 @@ class Progress:
     failed : int
         Instances that failed.
     skipped : int
-        Inputs skipped (not DICOM, or finished by an earlier run).
+        Inputs skipped: not DICOM (uploads), or already complete on disk (downloads).
+        Instances an earlier upload's journal records count as done.
     total : int or None
         All instances, once known (uploads know it when the scan ends).
     bytes_done : int

@@ -54,6 +54,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 __all__ = [
+    "BEING_CREATED",
     "DUPLICATE_INSTANCE",
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "PROCESSING_FAILURE",
@@ -81,6 +82,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 PROCESSING_FAILURE = 0x0110
 STUDY_MISMATCH = 0xA911
 DUPLICATE_INSTANCE = 45070  # Azure's code for "instance already exists"
+BEING_CREATED = 45071  # Azure's code for "instance is being created by another process"
 
 _KIB = 1024
 _MIB = 1024 * 1024
@@ -1054,6 +1056,8 @@ class _ServerState:
         self.fail_rules: list[_FailRule] = []
         self.response_drops: list[_DropRule] = []
         self.request_drops: list[_DropRule] = []
+        # FailureReason values for the next STOW-RS parts that would otherwise be stored.
+        self.instance_failures: list[int] = []
         self.auth: AuthCheck = None
         self.requests: list[RequestRecord] = []
         self.errors: list[str] = []
@@ -1092,11 +1096,16 @@ class _ServerState:
     ) -> int | None:
         """Register a received instance; the failure reason if it is refused."""
         with self.lock:
-            if identity.sop_uid in self.by_sop and self.duplicate_policy == "conflict":
+            refusal: int | None = None
+            if self.instance_failures:
+                refusal = self.instance_failures.pop(0)
+            elif identity.sop_uid in self.by_sop and self.duplicate_policy == "conflict":
+                refusal = DUPLICATE_INSTANCE
+            if refusal is not None:
                 if temp is not None:
                     with contextlib.suppress(FileNotFoundError):
                         temp.unlink()
-                return DUPLICATE_INSTANCE
+                return refusal
             path = None
             if temp is not None:
                 path = temp.with_name(f"{identity.sop_uid}.dcm")
@@ -1809,6 +1818,18 @@ class LoopbackServer:
         with self._state.lock:
             self._state.request_drops.append(_DropRule(n_bytes, method))
 
+    def fail_instances_next(self, n: int = 1, reason: int = BEING_CREATED) -> None:
+        """Refuse the next ``n`` STOW-RS instances with FailureReason ``reason``.
+
+        Parts refused for other reasons (not DICOM, another study) do not count; the refused
+        instances are not stored.  The answer is 409 when no instance of the request was
+        stored and 202 otherwise, as for any other per-instance failure (Azure answers 45071
+        for an instance that another request is still creating).
+        """
+        if n > 0:
+            with self._state.lock:
+                self._state.instance_failures.extend([reason] * n)
+
     def require_auth(self, check: AuthCheck) -> None:
         """Demand an Authorization header; ``None`` turns the check off.
 
@@ -1821,11 +1842,12 @@ class LoopbackServer:
             self._state.auth = check
 
     def clear_faults(self) -> None:
-        """Forget pending fail_next and drop_* requests and the auth requirement."""
+        """Forget pending fail_next, fail_instances_next, drop_* and the auth requirement."""
         with self._state.lock:
             self._state.fail_rules.clear()
             self._state.response_drops.clear()
             self._state.request_drops.clear()
+            self._state.instance_failures.clear()
             self._state.auth = None
 
     # ---- observation ------------------------------------------------------------------------
