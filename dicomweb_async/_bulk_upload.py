@@ -24,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _stow
 from ._exceptions import DICOMwebError, StoreFailedError
+from ._implicit_vr import IMPLICIT_VR_MESSAGE, is_implicit_vr, to_explicit_vr
 from ._journal import Journal, JournalEntry
 from ._pipeline import Pipeline
 from ._progress import ProgressCallback, ProgressTracker
@@ -197,6 +198,12 @@ class UploadPipeline(Pipeline[FileOutcome]):
     retry : RetryPolicy
         Also governs re-sending instances the server reports as being created by
         another process (FailureReason 45071).
+    reject_implicit_vr : bool
+        Report implicit VR little endian files as failed without sending them (the
+        Azure DICOM service refuses them).
+    convert_implicit_vr : bool
+        With ``reject_implicit_vr``, re-encode such files as explicit VR little endian
+        and send that instead (each is read whole into memory).
     """
 
     def __init__(
@@ -209,6 +216,8 @@ class UploadPipeline(Pipeline[FileOutcome]):
         journal: Journal | str | os.PathLike[str] | None = None,
         progress: ProgressCallback | None = None,
         retry: RetryPolicy | None = None,
+        reject_implicit_vr: bool = False,
+        convert_implicit_vr: bool = False,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -227,6 +236,8 @@ class UploadPipeline(Pipeline[FileOutcome]):
         self.tracker = ProgressTracker("upload", progress)
         self.retry = retry or transport.retry
         self.result_buffer = 4 * concurrency
+        self.reject_implicit_vr = reject_implicit_vr
+        self.convert_implicit_vr = convert_implicit_vr
         self.inputs = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -299,6 +310,18 @@ class UploadPipeline(Pipeline[FileOutcome]):
                             ),
                         )
                         continue
+                    implicit = self.reject_implicit_vr and is_implicit_vr(item.transfer_syntax)
+                    if implicit and not self.convert_implicit_vr:
+                        await self._emit(
+                            results,
+                            _failed(
+                                item,
+                                IMPLICIT_VR_MESSAGE + " (or pass convert_implicit_vr=True)",
+                                0,
+                                FailureReason.VALIDATION_FAILED,
+                            ),
+                        )
+                        continue
                     if self.max_request_bytes is None:
                         await batches.send([item])
                         continue
@@ -346,6 +369,16 @@ class UploadPipeline(Pipeline[FileOutcome]):
                 for outcome in outcomes:
                     await self._emit(results, outcome)
 
+    async def _items(self, files: Sequence[ScannedFile]) -> list[Path | bytes]:
+        """What to send for each file: its path, or its explicit VR re-encoding."""
+        items: list[Path | bytes] = []
+        for f in files:
+            if self.convert_implicit_vr and is_implicit_vr(f.transfer_syntax):
+                items.append(await anyio.to_thread.run_sync(to_explicit_vr, f.path))
+            else:
+                items.append(f.path)
+        return items
+
     async def _upload(self, batch: Sequence[ScannedFile]) -> list[FileOutcome]:
         outcomes: list[FileOutcome] = []
         todo = list(batch)
@@ -353,7 +386,7 @@ class UploadPipeline(Pipeline[FileOutcome]):
         while todo:
             attempt += 1
             try:
-                result = await _stow.store(self._transport, [f.path for f in todo])
+                result = await _stow.store(self._transport, await self._items(todo))
             except (DICOMwebError, OSError) as exc:
                 # The whole request failed (after the transport's own retries): every
                 # instance in it is reported with the error.

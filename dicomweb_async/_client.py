@@ -29,7 +29,7 @@ from ._retry import RetryPolicy
 from ._store_result import StoreResult
 from ._transport import Transport, make_http_client
 from ._urls import check_uid, instance_path, series_path, study_path
-from ._wado import Frame, ReaderLimits
+from ._wado import Frame, Metadata, ReaderLimits
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -90,6 +90,15 @@ class AsyncDICOMwebClient:
         applies only to the client created here.
     reader_limits : ReaderLimits, optional
         Limits on multipart responses (header size and count, number of parts).
+    original_on_406 : bool
+        When the server cannot produce a requested transfer syntax (406), ask once more
+        for the stored one (``transfer-syntax=*``) instead of raising.
+    max_page_size : int, optional
+        Largest QIDO-RS ``limit`` the server accepts (Azure: 200); larger limits are
+        lowered to it and paging continues where it stopped.
+    reject_implicit_vr : bool
+        Refuse, before upload, files in implicit VR little endian, which some servers
+        (Azure) reject; ``store_folder`` can convert them instead.
 
     Examples
     --------
@@ -110,6 +119,9 @@ class AsyncDICOMwebClient:
         retry: RetryPolicy | None = None,
         large_reads: bool = True,
         reader_limits: ReaderLimits | None = None,
+        original_on_406: bool = False,
+        max_page_size: int | None = None,
+        reject_implicit_vr: bool = False,
     ):
         self.base_url = base_url.rstrip("/")
         built_auth = _build_auth(auth)
@@ -135,6 +147,9 @@ class AsyncDICOMwebClient:
         )
         self.max_connections: int | None = max_connections if owns else None
         self._limits = reader_limits or ReaderLimits()
+        self.original_on_406 = original_on_406
+        self.max_page_size = max_page_size
+        self.reject_implicit_vr = reject_implicit_vr
 
     def __repr__(self) -> str:
         return f"<AsyncDICOMwebClient {self.base_url}>"
@@ -191,7 +206,7 @@ class AsyncDICOMwebClient:
         list of dict
             DICOM JSON datasets.
         """
-        params = _qido.SearchParams(
+        params = self._search_params(
             "studies",
             fuzzymatching=fuzzymatching,
             limit=limit,
@@ -215,7 +230,7 @@ class AsyncDICOMwebClient:
 
         Parameters are those of :meth:`search_for_studies`, plus ``study_instance_uid``.
         """
-        params = _qido.SearchParams(
+        params = self._search_params(
             "series",
             study_instance_uid,
             fuzzymatching=fuzzymatching,
@@ -243,7 +258,7 @@ class AsyncDICOMwebClient:
         Parameters are those of :meth:`search_for_studies`, plus the UIDs that narrow
         the route.
         """
-        params = _qido.SearchParams(
+        params = self._search_params(
             "instances",
             study_instance_uid,
             series_instance_uid,
@@ -272,7 +287,7 @@ class AsyncDICOMwebClient:
         that a later page repeats is yielded once.
         """
         return self._iter_search(
-            _qido.SearchParams(
+            self._search_params(
                 "studies",
                 fuzzymatching=fuzzymatching,
                 limit=limit,
@@ -293,7 +308,7 @@ class AsyncDICOMwebClient:
     ) -> ClosingIterator[JSONDict]:
         """Iterate over every matching series (see :meth:`iter_search_for_studies`)."""
         return self._iter_search(
-            _qido.SearchParams(
+            self._search_params(
                 "series",
                 study_instance_uid,
                 fuzzymatching=fuzzymatching,
@@ -316,7 +331,7 @@ class AsyncDICOMwebClient:
     ) -> ClosingIterator[JSONDict]:
         """Iterate over every matching instance (see :meth:`iter_search_for_studies`)."""
         return self._iter_search(
-            _qido.SearchParams(
+            self._search_params(
                 "instances",
                 study_instance_uid,
                 series_instance_uid,
@@ -330,11 +345,48 @@ class AsyncDICOMwebClient:
 
     # ------------------------------------------------------------------ WADO-RS: streams
 
+    def _search_params(
+        self,
+        level: str,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        *,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> _qido.SearchParams:
+        cap = self.max_page_size
+        if cap is not None and (limit is None or limit > cap):
+            # Azure answers 400 above 200; a smaller page and more of them gives the
+            # caller the same results.
+            limit = cap
+        return _qido.SearchParams(
+            level, study_instance_uid, series_instance_uid, limit=limit, **kwargs
+        )
+
+    def _fallback_accept(
+        self, media_types: MediaTypes, default: MediaTypeSpec, multipart: bool = True
+    ) -> str | None:
+        if not self.original_on_406:
+            return None
+        specs = media_types or (default,)
+        mimes = [spec[0] if isinstance(spec, tuple) else spec for spec in specs]
+        return accept_header(
+            [(mime, _wado.ANY_SYNTAX) for mime in dict.fromkeys(mimes)],
+            default=default,
+            multipart=multipart,
+        )
+
     def _stream(
         self, path: str, media_types: MediaTypes, default: MediaTypeSpec
     ) -> AbstractAsyncContextManager[PartStream]:
         accept = accept_header(media_types, default=default, multipart=True)
-        return _wado.open_parts(self._transport, path, accept, limits=self._limits)
+        return _wado.open_parts(
+            self._transport,
+            path,
+            accept,
+            limits=self._limits,
+            fallback_accept=self._fallback_accept(media_types, default),
+        )
 
     def stream_study(
         self, study_instance_uid: str, media_types: MediaTypes = None
@@ -642,7 +694,10 @@ class AsyncDICOMwebClient:
         accept = accept_header(
             media_types, default=_wado.DEFAULT_INSTANCE_TYPE, multipart=multipart
         )
-        async with _wado.open_parts(self._transport, path, accept, limits=self._limits) as parts:
+        fallback = self._fallback_accept(media_types, _wado.DEFAULT_INSTANCE_TYPE, multipart)
+        async with _wado.open_parts(
+            self._transport, path, accept, limits=self._limits, fallback_accept=fallback
+        ) as parts:
             found: Dataset | None = None
             async for part in parts:
                 if found is None:
@@ -651,29 +706,86 @@ class AsyncDICOMwebClient:
                 raise _no_parts(parts)
             return found
 
-    async def retrieve_study_metadata(self, study_instance_uid: str) -> list[JSONDict]:
-        """Metadata of every instance of a study, as DICOM JSON."""
-        return await _wado.retrieve_metadata(self._transport, study_path(study_instance_uid))
+    async def retrieve_study_metadata(
+        self, study_instance_uid: str, *, request_original: bool = False
+    ) -> list[JSONDict]:
+        """Metadata of every instance of a study, as DICOM JSON.
+
+        ``request_original=True`` sends ``msdicom-request-original: true``: Azure then
+        returns the metadata as it was before a bulk update.
+        """
+        return await _wado.retrieve_metadata(
+            self._transport, study_path(study_instance_uid), request_original=request_original
+        )
 
     async def retrieve_series_metadata(
-        self, study_instance_uid: str, series_instance_uid: str
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        *,
+        request_original: bool = False,
     ) -> list[JSONDict]:
         """Metadata of every instance of a series, as DICOM JSON."""
         return await _wado.retrieve_metadata(
-            self._transport, series_path(study_instance_uid, series_instance_uid)
+            self._transport,
+            series_path(study_instance_uid, series_instance_uid),
+            request_original=request_original,
         )
 
     async def retrieve_instance_metadata(
-        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        *,
+        request_original: bool = False,
     ) -> JSONDict:
         """Metadata of one instance, as a DICOM JSON dict."""
         items = await _wado.retrieve_metadata(
             self._transport,
             instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
+            request_original=request_original,
         )
         if not items:
             raise ProtocolError("instance metadata response is an empty array")
         return items[0]
+
+    async def retrieve_metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        if_none_match: str | None = None,
+        request_original: bool = False,
+    ) -> Metadata:
+        """Metadata of a study, series or instance with its ETag, fetched conditionally.
+
+        Parameters
+        ----------
+        study_instance_uid, series_instance_uid, sop_instance_uid : str
+            The resource; leave out the narrower UIDs for a series or a study.
+        if_none_match : str, optional
+            An ETag from an earlier call: a server that supports it answers 304 when
+            nothing changed, returned as ``Metadata(not_modified=True)`` without a body.
+        request_original : bool
+            Ask Azure for the version from before a bulk update.
+
+        Returns
+        -------
+        Metadata
+        """
+        if sop_instance_uid is not None:
+            if series_instance_uid is None:
+                raise ValueError("sop_instance_uid given without series_instance_uid")
+            path = instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        elif series_instance_uid is not None:
+            path = series_path(study_instance_uid, series_instance_uid)
+        else:
+            path = study_path(study_instance_uid)
+        return await _wado.fetch_metadata(
+            self._transport, path, if_none_match=if_none_match, request_original=request_original
+        )
 
     # ------------------------------------------------------------------ WADO-RS: frames
 
@@ -694,7 +806,15 @@ class AsyncDICOMwebClient:
             frame_numbers,
         )
         return ClosingIterator(
-            lambda: _gen(_wado.iter_frames(self._transport, path, media_types, self._limits))
+            lambda: _gen(
+                _wado.iter_frames(
+                    self._transport,
+                    path,
+                    media_types,
+                    self._limits,
+                    self._fallback_accept(media_types, _wado.DEFAULT_FRAME_TYPE),
+                )
+            )
         )
 
     async def retrieve_instance_frames(
@@ -848,7 +968,11 @@ class AsyncDICOMwebClient:
         if study_instance_uid is not None:
             check_uid(study_instance_uid, "StudyInstanceUID")
         return await _stow.store(
-            self._transport, datasets, study_instance_uid, single_part=single_part
+            self._transport,
+            datasets,
+            study_instance_uid,
+            single_part=single_part,
+            reject_implicit_vr=self.reject_implicit_vr,
         )
 
     # ------------------------------------------------------------------ bulk upload
@@ -868,6 +992,7 @@ class AsyncDICOMwebClient:
         max_request_bytes: int | None = None,
         journal: Journal | str | os.PathLike[str] | None = None,
         progress: ProgressCallback | None = None,
+        convert_implicit_vr: bool = False,
     ) -> UploadPipeline:
         """Upload files as they come; iterate their outcomes as they complete.
 
@@ -884,6 +1009,8 @@ class AsyncDICOMwebClient:
             max_request_bytes=max_request_bytes,
             journal=journal,
             progress=progress,
+            reject_implicit_vr=self.reject_implicit_vr,
+            convert_implicit_vr=convert_implicit_vr,
         )
 
     async def store_folder(
@@ -894,6 +1021,7 @@ class AsyncDICOMwebClient:
         max_request_bytes: int | None = None,
         journal: Journal | str | os.PathLike[str] | None = None,
         progress: ProgressCallback | None = None,
+        convert_implicit_vr: bool = False,
     ) -> UploadReport:
         """Upload every DICOM file in folders (recursively) or in a list of paths.
 
@@ -912,6 +1040,10 @@ class AsyncDICOMwebClient:
             upload with it after a crash or Ctrl-C skips those and sends the rest.
         progress : callable, optional
             Called with :class:`Progress` events as files finish.
+        convert_implicit_vr : bool
+            For a client created with ``reject_implicit_vr=True`` (Azure): re-encode
+            implicit VR little endian files as explicit VR and send those, instead of
+            reporting them as failed.
 
         Returns
         -------
@@ -934,6 +1066,7 @@ class AsyncDICOMwebClient:
                 max_request_bytes=max_request_bytes,
                 journal=journal,
                 progress=progress,
+                convert_implicit_vr=convert_implicit_vr,
             )
         )
 

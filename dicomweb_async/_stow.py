@@ -8,6 +8,7 @@ import anyio
 
 from ._body import MultipartBody, SinglePartBody
 from ._exceptions import ProtocolError, status_error_class
+from ._implicit_vr import IMPLICIT_VR_MESSAGE, file_transfer_syntax, is_implicit_vr
 from ._media import DICOM_JSON
 from ._multipart_writer import BodyPart, StoreItem, body_part
 from ._store_result import StoreResult, parse_store_response
@@ -31,6 +32,7 @@ async def store(
     study_instance_uid: str | None = None,
     *,
     single_part: bool = False,
+    reject_implicit_vr: bool = False,
 ) -> StoreResult:
     """Send one STOW-RS request and parse its answer.
 
@@ -44,12 +46,20 @@ async def store(
     single_part : bool
         Send one instance as a plain ``application/dicom`` body instead of
         ``multipart/related`` (non-standard; the Azure DICOM service accepts it).
+    reject_implicit_vr : bool
+        Raise ``ValueError`` before sending if a file is in implicit VR little endian.
     """
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
         raise TypeError("store_instances takes a sequence of paths, bytes or Datasets")
     if not items:
         raise ValueError("nothing to store")
     parts = await plan_parts(items)
+    if reject_implicit_vr:
+        for part in parts:
+            if part.path is not None and is_implicit_vr(
+                await anyio.to_thread.run_sync(file_transfer_syntax, part.path)
+            ):
+                raise ValueError(f"{part.path}: {IMPLICIT_VR_MESSAGE}")
     body: MultipartBody | SinglePartBody
     if single_part:
         if len(parts) != 1:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._exceptions import ProtocolError
+from ._exceptions import NotAcceptableError, ProtocolError
 from ._media import DICOM, DICOM_JSON, OCTET_STREAM, MediaTypeSpec, accept_header
 from ._multipart import make_reader
 from ._parts import Part, PartStream
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Frame",
+    "Metadata",
+    "fetch_metadata",
     "ReaderLimits",
     "dataset_from_part",
     "frames_path",
@@ -30,6 +34,8 @@ __all__ = [
     "read_bytes",
     "retrieve_metadata",
 ]
+
+logger = logging.getLogger("dicomweb_async")
 
 ANY_SYNTAX = "*"
 DEFAULT_INSTANCE_TYPE: MediaTypeSpec = (DICOM, ANY_SYNTAX)
@@ -94,12 +100,27 @@ async def open_parts(
     query: str = "",
     headers: Mapping[str, str] | None = None,
     ok: Collection[int] = (200,),
+    fallback_accept: str | None = None,
 ) -> AsyncIterator[PartStream]:
-    """Send a GET and yield its body as a :class:`PartStream`."""
+    """Send a GET and yield its body as a :class:`PartStream`.
+
+    With ``fallback_accept``, a 406 answer (the server cannot produce the requested
+    transfer syntax) is followed by one more request with that Accept header instead.
+    """
     request_headers = {"Accept": accept, **(headers or {})}
-    async with transport.stream(
-        "GET", path, query=query, headers=request_headers, ok=ok
-    ) as response:
+    async with AsyncExitStack() as stack:
+        try:
+            response = await stack.enter_async_context(
+                transport.stream("GET", path, query=query, headers=request_headers, ok=ok)
+            )
+        except NotAcceptableError:
+            if not fallback_accept or fallback_accept == accept:
+                raise
+            logger.info("%s: 406 for %r; asking for %r instead", path, accept, fallback_accept)
+            request_headers["Accept"] = fallback_accept
+            response = await stack.enter_async_context(
+                transport.stream("GET", path, query=query, headers=request_headers, ok=ok)
+            )
         try:
             reader = make_reader(
                 response.content_type,
@@ -150,10 +171,13 @@ async def iter_frames(
     path: str,
     media_types: Sequence[MediaTypeSpec] | None,
     limits: ReaderLimits,
+    fallback_accept: str | None = None,
 ) -> AsyncIterator[Frame]:
     """Yield frames (or bulk data parts) one at a time as :class:`Frame`."""
     accept = accept_header(media_types, default=DEFAULT_FRAME_TYPE, multipart=True)
-    async with open_parts(transport, path, accept, limits=limits) as parts:
+    async with open_parts(
+        transport, path, accept, limits=limits, fallback_accept=fallback_accept
+    ) as parts:
         async for part in parts:
             data = await part.read()
             yield Frame(
@@ -176,23 +200,68 @@ async def read_bytes(
     return body
 
 
-async def retrieve_metadata(transport: Transport, path: str) -> list[dict[str, Any]]:
-    """GET ``{path}/metadata`` as a list of DICOM JSON datasets."""
+@dataclass(frozen=True)
+class Metadata:
+    """Metadata with its entity tag, for conditional requests.
+
+    Attributes
+    ----------
+    items : list of dict
+        DICOM JSON datasets (empty when ``not_modified``).
+    etag : str or None
+        The server's ETag; pass it back as ``if_none_match`` to ask only for changes.
+    not_modified : bool
+        True when the server answered 304: the metadata has not changed.
+    """
+
+    items: list[dict[str, Any]]
+    etag: str | None
+    not_modified: bool = False
+
+
+ORIGINAL_VERSION_HEADER = "msdicom-request-original"
+
+
+async def fetch_metadata(
+    transport: Transport,
+    path: str,
+    *,
+    if_none_match: str | None = None,
+    request_original: bool = False,
+) -> Metadata:
+    """GET ``{path}/metadata``, conditionally, optionally the pre-update version (Azure)."""
+    headers = {"Accept": DICOM_JSON}
+    if if_none_match:
+        headers["If-None-Match"] = if_none_match
+    if request_original:
+        headers[ORIGINAL_VERSION_HEADER] = "true"
     response, body = await transport.request(
-        "GET", f"{path}/metadata", headers={"Accept": DICOM_JSON}
+        "GET", f"{path}/metadata", headers=headers, ok=(200, 304)
     )
+    etag = response.headers.get("etag")
+    if response.status_code == 304:
+        return Metadata([], etag or if_none_match, not_modified=True)
+    return Metadata(_metadata_items(response.url, body), etag)
+
+
+async def retrieve_metadata(
+    transport: Transport, path: str, *, request_original: bool = False
+) -> list[dict[str, Any]]:
+    """GET ``{path}/metadata`` as a list of DICOM JSON datasets."""
+    return (await fetch_metadata(transport, path, request_original=request_original)).items
+
+
+def _metadata_items(url: str, body: bytes) -> list[dict[str, Any]]:
     try:
         data = json.loads(body)
     except ValueError as exc:
         raise ProtocolError(
-            f"metadata response is not JSON: {exc}", method="GET", url=response.url
+            f"metadata response is not JSON: {exc}", method="GET", url=url
         ) from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
-        raise ProtocolError(
-            "metadata response is not a DICOM JSON array", method="GET", url=response.url
-        )
+        raise ProtocolError("metadata response is not a DICOM JSON array", method="GET", url=url)
     return data
 
 
