@@ -7,8 +7,10 @@ underscore are private and may change without notice.
 import logging as _logging
 
 from ._auth import BearerAuth, TokenProvider
+from ._azure_auth import AzureADAuth, azure_scope
 from ._bulk_download import DownloadOutcome, DownloadPipeline, DownloadReport
 from ._bulk_upload import FileOutcome, UploadPipeline, UploadReport
+from ._changefeed import ChangeFeed, ChangeFeedCursor, ChangeFeedEntry
 from ._client import AsyncDICOMwebClient, AuthLike
 from ._download import DownloadedInstance
 from ._exceptions import (
@@ -54,8 +56,12 @@ __all__ = [
     "AsyncDICOMwebClient",
     "AuthLike",
     "AuthenticationError",
+    "AzureADAuth",
     "BearerAuth",
     "BodyPart",
+    "ChangeFeed",
+    "ChangeFeedCursor",
+    "ChangeFeedEntry",
     "ConflictError",
     "DICOMwebError",
     "DownloadOutcome",
@@ -97,6 +103,7 @@ __all__ = [
     "TransportError",
     "UploadPipeline",
     "UploadReport",
+    "azure_scope",
     "parse_media_type",
     "__version__",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -12,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from . import _qido, _stow, _wado
+from . import _changefeed, _qido, _stow, _wado
 from ._aiter import ClosingIterator
 from ._auth import BearerAuth
 from ._bulk_download import DownloadPipeline, DownloadReport, StudySources, run_download
 from ._bulk_upload import Sources, UploadPipeline, UploadReport
 from ._bulk_upload import store_folder as run_upload
+from ._changefeed import ChangeFeed, ChangeFeedCursor, ChangeFeedEntry
 from ._download import DownloadedInstance, save_parts
 from ._exceptions import MethodNotAllowedError, ProtocolError
 from ._journal import Journal
@@ -1068,6 +1070,69 @@ class AsyncDICOMwebClient:
                 progress=progress,
                 convert_implicit_vr=convert_implicit_vr,
             )
+        )
+
+    # ------------------------------------------------------------------ Azure: change feed
+
+    def iter_changefeed(
+        self,
+        *,
+        api_version: str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        include_metadata: bool = True,
+        cursor: ChangeFeedCursor | None = None,
+        follow: bool = False,
+        poll_interval: float = 5.0,
+    ) -> ChangeFeed:
+        """Iterate over the Azure DICOM service's change feed.
+
+        Parameters
+        ----------
+        api_version : {"v1", "v2"}, optional
+            Paging rules; by default those of the version in the base URL.
+        start_time, end_time : datetime, optional
+            v2 window (start inclusive, end exclusive; timezone-aware).
+        offset : int
+            v2: position within the window; v1: the sequence number to start after.
+        limit : int, optional
+            Page size (v2 up to 200, v1 up to 100).
+        include_metadata : bool
+            Ask for each instance's metadata (``entry.metadata()``).
+        cursor : ChangeFeedCursor, optional
+            Resume where an earlier iteration stopped (its ``feed.cursor``).
+        follow : bool
+            Keep polling for new entries instead of ending.
+        poll_interval : float
+            Seconds between polls in follow mode.
+
+        Returns
+        -------
+        ChangeFeed
+            An async iterator of :class:`ChangeFeedEntry` whose ``cursor`` can be saved
+            (``cursor.to_json()``) at any point.
+        """
+        return _changefeed.iter_changefeed(
+            self._transport,
+            api_version=api_version,
+            start_time=start_time,
+            end_time=end_time,
+            offset=offset,
+            limit=limit,
+            include_metadata=include_metadata,
+            cursor=cursor,
+            follow=follow,
+            poll_interval=poll_interval,
+        )
+
+    async def get_changefeed_latest(
+        self, *, include_metadata: bool = False
+    ) -> ChangeFeedEntry | None:
+        """The newest change feed entry, or None when the feed is empty."""
+        return await _changefeed.get_changefeed_latest(
+            self._transport, include_metadata=include_metadata
         )
 
     # ------------------------------------------------------------------ DELETE
