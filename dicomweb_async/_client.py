@@ -16,6 +16,7 @@ import httpx
 from . import _changefeed, _qido, _stow, _wado
 from ._aiter import ClosingIterator
 from ._auth import BearerAuth
+from ._azure_auth import AZURE_DICOM_SCOPE, AzureADAuth
 from ._bulk_download import DownloadPipeline, DownloadReport, StudySources, run_download
 from ._bulk_upload import Sources, UploadPipeline, UploadReport
 from ._bulk_upload import store_folder as run_upload
@@ -30,7 +31,7 @@ from ._progress import ProgressCallback
 from ._retry import RetryPolicy
 from ._store_result import StoreResult
 from ._transport import Transport, make_http_client
-from ._urls import check_uid, instance_path, series_path, study_path
+from ._urls import check_partition, check_uid, instance_path, series_path, study_path
 from ._wado import Frame, Metadata, ReaderLimits
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["AsyncDICOMwebClient", "AuthLike"]
 
 JSONDict = dict[str, Any]
+
+# Azure answers 400 to a QIDO-RS limit above this.
+AZURE_MAX_PAGE_SIZE = 200
 MediaTypes = Sequence[MediaTypeSpec] | None
 
 #: Accepted forms of ``auth``: an httpx auth, ``(user, password)`` for Basic, a bearer
@@ -126,6 +130,9 @@ class AsyncDICOMwebClient:
         reject_implicit_vr: bool = False,
     ):
         self.base_url = base_url.rstrip("/")
+        #: The versioned root of an Azure service (without a partition), for the routes
+        #: that are not per partition; the base URL for other servers.
+        self.service_root = self.base_url
         built_auth = _build_auth(auth)
         if http_client is None:
             client = make_http_client(
@@ -152,6 +159,57 @@ class AsyncDICOMwebClient:
         self.original_on_406 = original_on_406
         self.max_page_size = max_page_size
         self.reject_implicit_vr = reject_implicit_vr
+
+    @classmethod
+    def for_azure(
+        cls,
+        service_url: str,
+        credential: Any = None,
+        *,
+        api_version: str = "v2",
+        partition: str | None = None,
+        scope: str = AZURE_DICOM_SCOPE,
+        **kwargs: Any,
+    ) -> AsyncDICOMwebClient:
+        """A client for the Azure Health Data Services DICOM service.
+
+        Parameters
+        ----------
+        service_url : str
+            ``https://{workspace}-{service}.dicom.azurehealthcareapis.com``.
+        credential : azure-identity credential, optional
+            E.g. ``azure.identity.aio.DefaultAzureCredential()``; tokens for ``scope``
+            are fetched, cached and refreshed by :class:`AzureADAuth`. Leave it out to
+            pass ``auth=`` yourself (or none, for the offline emulator).
+        api_version : str
+            The version segment of every path (``v2``, or ``v1``).
+        partition : str, optional
+            A data partition: requests go to ``.../{api_version}/partitions/{name}``.
+        scope : str
+            The token scope.
+        **kwargs
+            Other :class:`AsyncDICOMwebClient` parameters. By default the client caps
+            QIDO-RS pages at 200 (``max_page_size``) and refuses implicit VR files before
+            upload (``reject_implicit_vr``), as the service requires.
+
+        Returns
+        -------
+        AsyncDICOMwebClient
+        """
+        root = f"{service_url.rstrip('/')}/{api_version.strip('/')}"
+        base = root
+        if partition is not None:
+            check_partition(partition)
+            base = f"{root}/partitions/{partition}"
+        if credential is not None:
+            if kwargs.get("auth") is not None:
+                raise ValueError("give either credential or auth, not both")
+            kwargs["auth"] = AzureADAuth(credential, scope=scope)
+        kwargs.setdefault("max_page_size", AZURE_MAX_PAGE_SIZE)
+        kwargs.setdefault("reject_implicit_vr", True)
+        client = cls(base, **kwargs)
+        client.service_root = root
+        return client
 
     def __repr__(self) -> str:
         return f"<AsyncDICOMwebClient {self.base_url}>"

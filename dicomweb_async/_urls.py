@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 __all__ = [
     "build_query",
+    "check_partition",
     "check_uid",
     "instance_path",
     "search_path",
@@ -45,6 +46,18 @@ def check_uid(uid: str, what: str = "UID") -> str:
     if not isinstance(uid, str) or not _UID_RE.fullmatch(uid) or ".." in uid:
         raise ValueError(f"invalid {what}: {uid!r} (1-64 characters of digits, letters, '.', '-')")
     return uid
+
+
+_PARTITION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_partition(name: str) -> str:
+    """Return ``name`` if it is a valid data partition name, else raise ``ValueError``."""
+    if not isinstance(name, str) or not _PARTITION_RE.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"invalid partition name: {name!r} (1-64 letters, digits, '.', '_' or '-')"
+        )
+    return name
 
 
 def study_path(study: str) -> str:
