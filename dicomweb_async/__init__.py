@@ -7,6 +7,7 @@ underscore are private and may change without notice.
 import logging as _logging
 
 from ._auth import BearerAuth, TokenProvider
+from ._azure_admin import Partition
 from ._azure_auth import AzureADAuth, azure_scope
 from ._bulk_download import DownloadOutcome, DownloadPipeline, DownloadReport
 from ._bulk_upload import FileOutcome, UploadPipeline, UploadReport
@@ -29,6 +30,7 @@ from ._exceptions import (
     TimeoutError,
     TransportError,
 )
+from ._extended_query_tags import ExtendedQueryTag, ExtendedQueryTagError, ExtendedQueryTagSpec
 from ._journal import Journal, JournalEntry
 from ._media import MediaType, parse_media_type
 from ._multipart import (
@@ -40,11 +42,12 @@ from ._multipart import (
     SinglePartReader,
 )
 from ._multipart_writer import BodyPart, MultipartWriter
+from ._operations import Operation, OperationReference, OperationState
 from ._parts import Part, PartStream
 from ._progress import Progress, ProgressCallback
 from ._retry import RetryPolicy
 from ._store_result import FailureReason, StoreOutcome, StoreResult
-from ._wado import Frame, ReaderLimits
+from ._wado import Frame, Metadata, ReaderLimits
 
 __version__ = "0.1.0.dev0"
 
@@ -68,6 +71,9 @@ __all__ = [
     "DownloadPipeline",
     "DownloadReport",
     "DownloadedInstance",
+    "ExtendedQueryTag",
+    "ExtendedQueryTagError",
+    "ExtendedQueryTagSpec",
     "FailureReason",
     "FileOutcome",
     "Frame",
@@ -75,18 +81,23 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "MediaType",
+    "Metadata",
     "MethodNotAllowedError",
     "MultipartError",
     "MultipartReader",
     "MultipartWriter",
     "NotAcceptableError",
     "NotFoundError",
+    "Operation",
+    "OperationReference",
+    "OperationState",
     "Part",
     "PartData",
     "PartEnd",
     "PartHeaders",
     "PartStart",
     "PartStream",
+    "Partition",
     "PermissionDeniedError",
     "Progress",
     "ProgressCallback",

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from . import _changefeed, _qido, _stow, _wado
+from . import _azure_admin, _changefeed, _operations, _qido, _stow, _wado
+from . import _extended_query_tags as _eqt
 from ._aiter import ClosingIterator
 from ._auth import BearerAuth
+from ._azure_admin import Partition
 from ._azure_auth import AZURE_DICOM_SCOPE, AzureADAuth
 from ._bulk_download import DownloadPipeline, DownloadReport, StudySources, run_download
 from ._bulk_upload import Sources, UploadPipeline, UploadReport
@@ -23,9 +25,11 @@ from ._bulk_upload import store_folder as run_upload
 from ._changefeed import ChangeFeed, ChangeFeedCursor, ChangeFeedEntry
 from ._download import DownloadedInstance, save_parts
 from ._exceptions import MethodNotAllowedError, ProtocolError
+from ._extended_query_tags import ExtendedQueryTag, ExtendedQueryTagError, ExtendedQueryTagSpec
 from ._journal import Journal
 from ._media import MediaTypeSpec, accept_header
 from ._multipart_writer import StoreItem
+from ._operations import Operation, OperationState
 from ._parts import PartStream
 from ._progress import ProgressCallback
 from ._retry import RetryPolicy
@@ -1192,6 +1196,115 @@ class AsyncDICOMwebClient:
         return await _changefeed.get_changefeed_latest(
             self._transport, include_metadata=include_metadata
         )
+
+    # ------------------------------------------------------------------ Azure: administration
+
+    @property
+    def _root_transport(self) -> Transport:
+        # Operations, extended query tags, export and the partition list live at the
+        # versioned root even when this client addresses a partition.
+        if self.service_root == self.base_url:
+            return self._transport
+        return Transport(
+            self.service_root,
+            self._transport.client,
+            owns_client=False,
+            retry=self._transport.retry,
+        )
+
+    async def get_operation(self, operation_id: str) -> OperationState:
+        """The state of a long-running operation (``GET /operations/{id}``)."""
+        return await _operations.get_operation(self._root_transport, operation_id)
+
+    def operation(self, operation_id: str) -> Operation:
+        """A handle on an existing operation, to ``await op.wait()`` for it."""
+        return Operation(self._root_transport, operation_id)
+
+    async def add_extended_query_tags(
+        self, tags: Sequence[ExtendedQueryTagSpec | Mapping[str, Any]]
+    ) -> Operation:
+        """Add extended query tags; returns the indexing operation.
+
+        Each tag is an :class:`ExtendedQueryTagSpec` or a mapping with ``Path``, ``VR``
+        (required for private tags) and ``Level`` (Study, Series or Instance).
+        """
+        return await _eqt.add_extended_query_tags(self._root_transport, tags)
+
+    def iter_extended_query_tags(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> ClosingIterator[ExtendedQueryTag]:
+        """Iterate over every extended query tag, fetching pages of ``limit``."""
+        return ClosingIterator(
+            lambda: _gen(
+                _eqt.iter_extended_query_tags(self._root_transport, limit=limit, offset=offset)
+            )
+        )
+
+    async def list_extended_query_tags(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> list[ExtendedQueryTag]:
+        """Every extended query tag (all pages)."""
+        return await _eqt.list_extended_query_tags(
+            self._root_transport, limit=limit, offset=offset
+        )
+
+    async def get_extended_query_tag(self, tag_path: str) -> ExtendedQueryTag:
+        """One extended query tag, by tag path (``00101001``) or keyword."""
+        return await _eqt.get_extended_query_tag(self._root_transport, tag_path)
+
+    async def update_extended_query_tag(
+        self, tag_path: str, query_status: str = "Disabled"
+    ) -> ExtendedQueryTag:
+        """Enable or disable querying by an extended query tag (``QueryStatus``)."""
+        return await _eqt.update_extended_query_tag(self._root_transport, tag_path, query_status)
+
+    async def delete_extended_query_tag(self, tag_path: str) -> None:
+        """Delete an extended query tag."""
+        await _eqt.delete_extended_query_tag(self._root_transport, tag_path)
+
+    async def list_extended_query_tag_errors(
+        self, tag_path: str, *, limit: int = 100, offset: int = 0
+    ) -> list[ExtendedQueryTagError]:
+        """Instances whose value could not be indexed for an extended query tag."""
+        return await _eqt.list_extended_query_tag_errors(
+            self._root_transport, tag_path, limit=limit, offset=offset
+        )
+
+    async def update_studies(
+        self, study_uids: Sequence[str], change_dataset: Mapping[str, Any] | Dataset
+    ) -> Operation:
+        """Bulk update: change attributes of every instance of some studies (Azure).
+
+        ``change_dataset`` is DICOM JSON (``{"00100010": {"vr": "PN", "Value": [...]}}``) or
+        a Dataset. The change applies when the returned operation completes; the previous
+        version stays readable with ``request_original=True`` on metadata.
+        """
+        started = await _azure_admin.update_studies(self._transport, study_uids, change_dataset)
+        # The update is sent inside the partition; its operation is watched at the root.
+        return Operation(self._root_transport, started.reference)
+
+    async def export(
+        self,
+        *,
+        source: Mapping[str, Any] | Sequence[str],
+        destination: Mapping[str, Any] | str,
+        use_managed_identity: bool = True,
+    ) -> Operation:
+        """Export instances to Azure Blob Storage; returns the export operation.
+
+        ``source`` is a list of ``study[/series[/instance]]`` identifiers (or Azure's own
+        source object); ``destination`` a blob container URL (or Azure's own object).
+        """
+        return await _azure_admin.export(
+            self._root_transport,
+            source=source,
+            destination=destination,
+            use_managed_identity=use_managed_identity,
+        )
+
+    async def list_partitions(self) -> list[Partition]:
+        """The service's data partitions (``GET /partitions``)."""
+        return await _azure_admin.list_partitions(self._root_transport)
 
     # ------------------------------------------------------------------ DELETE
 

@@ -53,7 +53,8 @@ JSONDict = dict[str, Any]
 
 #: Value representations the service can index.
 SUPPORTED_VRS = frozenset(
-    "AE AS CS DA DS DT FD FL IS LO PN SH SL SS TM UI UL US".split()
+    {"AE", "AS", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO"}
+    | {"PN", "SH", "SL", "SS", "TM", "UI", "UL", "US"}
 )
 #: The service accepts at most this many tags in one request.
 MAX_TAGS_PER_REQUEST = 128
@@ -307,11 +308,11 @@ async def _iter_pages(
         offset += len(page)
 
 
-def _parse(response_method: str, url: str, what: str, build: Any, data: Any) -> Any:
+def _tag(data: Mapping[str, Any], method: str, url: str) -> ExtendedQueryTag:
     try:
-        return build(data)
+        return ExtendedQueryTag.from_json(data)
     except ValueError as exc:
-        raise ProtocolError(f"{what}: {exc}", method=response_method, url=url) from None
+        raise ProtocolError(f"extended query tag: {exc}", method=method, url=url) from None
 
 
 async def add_extended_query_tags(
@@ -368,11 +369,7 @@ async def iter_extended_query_tags(
         Number of tags to skip.
     """
     async for item in _iter_pages(transport, _BASE, limit, offset, "extended query tags"):
-        yield _parse("GET", transport.url(_BASE), "extended query tag", _tag_from, item)
-
-
-def _tag_from(data: Mapping[str, Any]) -> ExtendedQueryTag:
-    return ExtendedQueryTag.from_json(data)
+        yield _tag(item, "GET", transport.url(_BASE))
 
 
 async def list_extended_query_tags(
@@ -393,10 +390,7 @@ async def get_extended_query_tag(transport: Transport, tag_path: str) -> Extende
     path = _tag_path(tag_path)
     response, body = await transport.request("GET", path, headers={"Accept": JSON})
     data = load_json_object(response, body, "extended query tag")
-    tag: ExtendedQueryTag = _parse(
-        response.method, response.url, "extended query tag", _tag_from, data
-    )
-    return tag
+    return _tag(data, response.method, response.url)
 
 
 async def update_extended_query_tag(
@@ -427,10 +421,7 @@ async def update_extended_query_tag(
         body=json_body({"QueryStatus": status}),
     )
     data = load_json_object(response, body, "extended query tag")
-    tag: ExtendedQueryTag = _parse(
-        response.method, response.url, "extended query tag", _tag_from, data
-    )
-    return tag
+    return _tag(data, response.method, response.url)
 
 
 async def delete_extended_query_tag(transport: Transport, tag_path: str) -> None:

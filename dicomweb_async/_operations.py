@@ -60,8 +60,9 @@ _FAILED = frozenset({FAILED, CANCELED})
 # Operation ids are GUIDs, with or without dashes; anything else must not reach a URL path.
 _OPERATION_ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z\-]{0,127}")
 
-# .NET writes seven fractional digits ("2021-10-06T16:40:02.5247083Z"), one more than
-# Python's datetime holds, and "Z", which fromisoformat() accepts only from Python 3.11.
+# .NET writes up to seven fractional digits ("2021-10-06T16:40:02.5247083Z"), one more than
+# Python's datetime holds, and "Z"; fromisoformat() of Python 3.10 takes neither, nor any
+# count of digits but 3 or 6, so the text is brought into that shape first.
 _TIME_RE = re.compile(
     r"(?P<main>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?)"
     r"(?:\.(?P<fraction>\d+))?"
@@ -455,7 +456,9 @@ class Operation:
     async def wait(
         self,
         *,
-        timeout: float | None = None,
+        # A parameter rather than the caller's own fail_after: the deadline error then names
+        # the operation and its last known progress.
+        timeout: float | None = None,  # noqa: ASYNC109
         interval: float = 1.0,
         max_interval: float = 15.0,
     ) -> OperationState:

@@ -66,3 +66,38 @@ async def test_credential_becomes_azure_ad_auth() -> None:
 def test_credential_and_auth_together_are_refused() -> None:
     with pytest.raises(ValueError, match="credential or auth"):
         AsyncDICOMwebClient.for_azure(SERVICE, FakeCredential(), auth="token")
+
+
+async def test_admin_routes_use_the_versioned_root_and_updates_the_partition() -> None:
+    operation = {
+        "operationId": "0f0e",
+        "type": "update",
+        "status": "succeeded",
+        "percentComplete": 100,
+        "createdTime": "2026-11-25T10:00:00.1234567Z",
+        "lastUpdatedTime": "2026-11-25T10:00:01Z",
+    }
+    with respx.mock(base_url=SERVICE, assert_all_mocked=True) as router:
+        partitions = router.get("/v2/partitions").mock(
+            return_value=httpx.Response(
+                200, json=[{"partitionKey": 1, "partitionName": "Microsoft.Default"}]
+            )
+        )
+        tags = router.get("/v2/extendedquerytags").mock(return_value=httpx.Response(200, json=[]))
+        status = router.get("/v2/operations/0f0e").mock(
+            return_value=httpx.Response(200, json=operation)
+        )
+        update = router.post("/v2/partitions/p1/studies/$bulkUpdate").mock(
+            return_value=httpx.Response(202, json={"id": "0f0e", "href": "x"})
+        )
+        async with AsyncDICOMwebClient.for_azure(SERVICE, partition="p1") as client:
+            assert [p.name for p in await client.list_partitions()] == ["Microsoft.Default"]
+            assert await client.list_extended_query_tags() == []
+            op = await client.update_studies(
+                ["1.2.3"], {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "New^Name"}]}}
+            )
+            state = await op.wait(interval=0.0)
+            assert state.succeeded
+            assert (await client.get_operation("0f0e")).operation_id == "0f0e"
+    assert partitions.call_count == tags.call_count == update.call_count == 1
+    assert status.call_count == 2
