@@ -26,6 +26,7 @@ from . import _stow
 from ._exceptions import DICOMwebError, StoreFailedError
 from ._implicit_vr import IMPLICIT_VR_MESSAGE, is_implicit_vr, to_explicit_vr
 from ._journal import Journal, JournalEntry
+from ._multipart_writer import BodyPart
 from ._pipeline import Pipeline
 from ._progress import ProgressCallback, ProgressTracker
 from ._retry import RetryPolicy
@@ -369,14 +370,15 @@ class UploadPipeline(Pipeline[FileOutcome]):
                 for outcome in outcomes:
                     await self._emit(results, outcome)
 
-    async def _items(self, files: Sequence[ScannedFile]) -> list[Path | bytes]:
-        """What to send for each file: its path, or its explicit VR re-encoding."""
-        items: list[Path | bytes] = []
+    async def _items(self, files: Sequence[ScannedFile]) -> list[BodyPart]:
+        """What to send for each file: the file as scanned, or its explicit VR encoding."""
+        items: list[BodyPart] = []
         for f in files:
             if self.convert_implicit_vr and is_implicit_vr(f.transfer_syntax):
-                items.append(await anyio.to_thread.run_sync(to_explicit_vr, f.path))
+                data = await anyio.to_thread.run_sync(to_explicit_vr, f.path)
+                items.append(BodyPart(size=len(data), data=data))
             else:
-                items.append(f.path)
+                items.append(BodyPart(size=f.size, path=f.path))
         return items
 
     async def _upload(self, batch: Sequence[ScannedFile]) -> list[FileOutcome]:

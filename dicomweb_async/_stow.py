@@ -21,14 +21,21 @@ __all__ = ["plan_parts", "store"]
 STORE_STATUSES = (200, 202, 409)
 
 
-async def plan_parts(items: Sequence[StoreItem]) -> list[BodyPart]:
-    """Describe each input as a body part (file sizes and Dataset encoding in a thread)."""
-    return await anyio.to_thread.run_sync(lambda: [body_part(i) for i in items])
+async def plan_parts(items: Sequence[StoreItem | BodyPart]) -> list[BodyPart]:
+    """Describe each input as a body part (file sizes and Dataset encoding in a thread).
+
+    Parts already described (by a caller that knows the file sizes) are taken as they are.
+    """
+    if all(isinstance(i, BodyPart) for i in items):
+        return [i for i in items if isinstance(i, BodyPart)]
+    return await anyio.to_thread.run_sync(
+        lambda: [i if isinstance(i, BodyPart) else body_part(i) for i in items]
+    )
 
 
 async def store(
     transport: Transport,
-    items: Sequence[StoreItem],
+    items: Sequence[StoreItem | BodyPart],
     study_instance_uid: str | None = None,
     *,
     single_part: bool = False,
