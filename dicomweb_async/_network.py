@@ -10,6 +10,8 @@ the same process are unaffected.
 
 from __future__ import annotations
 
+import select
+import socket
 import ssl
 import typing
 from collections.abc import Iterable
@@ -29,6 +31,7 @@ class _LargeReadStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream, min_read: int):
         self._inner = inner
         self._min_read = min_read
+        self._socket: typing.Any = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max(max_bytes, self._min_read), timeout)
@@ -49,7 +52,30 @@ class _LargeReadStream(httpcore.AsyncNetworkStream):
         return _LargeReadStream(inner, self._min_read)
 
     def get_extra_info(self, info: str) -> typing.Any:
+        if info in ("socket", "is_readable"):
+            # httpcore asks every pooled connection whether its socket became readable
+            # (closed by the server) each time any request starts or ends. AnyIO answers
+            # by rebuilding its whole attribute table, peer address lookups included, so
+            # with many connections that dominated the client's CPU time. The socket
+            # object does not change, so it is looked up once.
+            if self._socket is None:
+                self._socket = self._inner.get_extra_info("socket")
+            if info == "socket":
+                return self._socket
+            return _is_readable(self._socket)
         return self._inner.get_extra_info(info)
+
+
+def _is_readable(sock: socket.socket | None) -> bool:
+    """Whether a socket has data or an end of stream waiting (or is gone)."""
+    if sock is None or sock.fileno() < 0:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 class LargeReadBackend(httpcore.AsyncNetworkBackend):
