@@ -16,8 +16,8 @@ import anyio
 import httpx
 
 from ._exceptions import DICOMwebError, TimeoutError, TransportError, status_error_class
-from ._network import install_large_reads
 from ._retry import RetryPolicy
+from ._sharded import ShardedTransport
 
 __all__ = ["Body", "Response", "Transport", "make_http_client", "translate_error"]
 
@@ -42,16 +42,15 @@ def make_http_client(
 ) -> httpx.AsyncClient:
     """Create the ``httpx.AsyncClient`` that an :class:`AsyncDICOMwebClient` owns.
 
-    The pool gets the large-read network backend (see ``_network``) unless
-    ``large_reads`` is False; TLS verification, limits and proxies from the
-    environment stay httpx's own.
+    Connections are split over small pools (see ``_sharded``), each with the large-read
+    network backend (see ``_network``) unless ``large_reads`` is False. TLS verification is
+    httpx's own. Proxies from the environment are not used by this client (httpx ignores
+    them when given a transport); pass an ``http_client`` configured with a proxy instead.
     """
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=True)
-    if large_reads:
-        install_large_reads(getattr(transport, "_pool", None))
+    transport = ShardedTransport(verify=verify, limits=limits, large_reads=large_reads)
     return httpx.AsyncClient(
         auth=auth,
         headers=headers,

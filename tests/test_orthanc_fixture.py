@@ -61,7 +61,13 @@ def _assert_gone(pid: int) -> None:
 
 
 def test_public_names() -> None:
-    assert dicomweb_async.testing.__all__ == ["OrthancNotAvailable", "OrthancServer"]
+    assert dicomweb_async.testing.__all__ == [
+        "AzureDicomEmulator",
+        "EmulatorServer",
+        "OrthancNotAvailable",
+        "OrthancServer",
+        "RecordedRequest",
+    ]
     assert issubclass(OrthancNotAvailable, RuntimeError)
 
 

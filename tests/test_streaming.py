@@ -655,8 +655,9 @@ async def test_store_instances_memory_stays_flat(server: LoopbackServer, tmp_pat
 
 
 def pool_backend(client: AsyncDICOMwebClient) -> object:
+    # Every shard of the client's transport gets the same backend type; look at the first.
     transport = client.http_client._transport  # type: ignore[attr-defined]
-    return transport._pool._network_backend
+    return transport.shards[0]._pool._network_backend
 
 
 @pytest.mark.parametrize("large_reads", [True, False])
