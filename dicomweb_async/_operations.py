@@ -415,6 +415,7 @@ async def start_operation(transport: Transport, path: str, payload: Any) -> Oper
         headers={"Accept": JSON, "Content-Type": JSON},
         body=json_body(payload),
         ok=(202,),
+        once=True,
     )
     return Operation(transport, parse_operation_reference(response, body))
 

@@ -24,6 +24,7 @@ __all__ = ["Body", "Response", "Transport", "make_http_client", "translate_error
 logger = logging.getLogger("dicomweb_async")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_NOT_PROCESSED = frozenset({429, 503})
 _EXCERPT_BYTES = 2048
 _EXCERPT_CHARS = 300
 
@@ -187,6 +188,7 @@ class Transport:
         headers: Mapping[str, str] | None,
         body: Body,
         ok: Collection[int],
+        once: bool = False,
     ) -> httpx.Response:
         request = self.client.build_request(method, url, headers=headers, content=body)
         replayable = method in IDEMPOTENT or body is None or isinstance(body, bytes)
@@ -197,7 +199,7 @@ class Transport:
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.HTTPError as exc:
-                if replayable and self.retry.should_retry_error(attempt):
+                if replayable and not once and self.retry.should_retry_error(attempt):
                     delay = self.retry.delay(attempt)
                     logger.warning(
                         "%s %s failed (%s); retry %d in %.2fs",
@@ -213,7 +215,11 @@ class Transport:
             status = response.status_code
             if status in ok:
                 return response
-            if replayable and self.retry.should_retry_status(attempt, status):
+            # A request that must not run twice is only repeated when the server said it
+            # did not process it (429, 503); after a 502, 504 or a dropped connection it
+            # may have.
+            retryable = status in _NOT_PROCESSED if once else True
+            if replayable and retryable and self.retry.should_retry_status(attempt, status):
                 delay = self.retry.delay(attempt, response.headers.get("retry-after"))
                 await response.aclose()
                 logger.warning(
@@ -250,6 +256,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         body: Body = None,
         ok: Collection[int] = (200,),
+        once: bool = False,
     ) -> AsyncIterator[Response]:
         """Send a request and yield the response with its body unread.
 
@@ -260,7 +267,7 @@ class Transport:
         TransportError
             If no response arrived.
         """
-        response = await self._send(method, self.url(path, query), headers, body, ok)
+        response = await self._send(method, self.url(path, query), headers, body, ok, once)
         try:
             yield Response(response, method)
         finally:
@@ -275,9 +282,14 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         body: Body = None,
         ok: Collection[int] = (200,),
+        once: bool = False,
     ) -> tuple[Response, bytes]:
-        """Send a request and read its whole (small) body."""
+        """Send a request and read its whole (small) body.
+
+        ``once=True`` marks a request that must not take effect twice (it starts a
+        server-side operation): it is retried only after 429 or 503.
+        """
         async with self.stream(
-            method, path, query=query, headers=headers, body=body, ok=ok
+            method, path, query=query, headers=headers, body=body, ok=ok, once=once
         ) as response:
             return response, await response.read()

@@ -26,6 +26,7 @@ from dicomweb_async import (
     AsyncDICOMwebClient,
     ConflictError,
     DICOMwebError,
+    HTTPStatusError,
     NotFoundError,
     ProtocolError,
     RetryPolicy,
@@ -978,3 +979,27 @@ async def test_list_partitions_bad_entry(router: respx.MockRouter, transport: Tr
     router.get("/partitions").respond(200, json=[{"partitionKey": 3}])
     with pytest.raises(ProtocolError, match="PartitionName"):
         await list_partitions(transport)
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"), [(503, True), (429, True), (502, False), (504, False)]
+)
+async def test_starting_an_operation_is_repeated_only_when_the_server_did_not_process_it(
+    status: int, retried: bool
+) -> None:
+    with respx.mock(base_url=BASE, assert_all_mocked=True) as router:
+        route = router.post("/studies/$bulkUpdate").mock(
+            side_effect=[
+                httpx.Response(status, headers={"Retry-After": "0"}),
+                httpx.Response(202, json={"id": "abc", "href": f"{BASE}/operations/abc"}),
+            ]
+        )
+        async with AsyncDICOMwebClient(BASE, retry=RetryPolicy(attempts=3, backoff=0.0)) as c:
+            change = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B"}]}}
+            if retried:
+                op = await c.update_studies(["1.2.3"], change)
+                assert op.id == "abc"
+            else:
+                with pytest.raises(HTTPStatusError):
+                    await c.update_studies(["1.2.3"], change)
+    assert route.call_count == (2 if retried else 1)
