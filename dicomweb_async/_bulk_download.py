@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _qido, _wado
-from ._download import DownloadedInstance, save_parts
+from ._download import ByteBudget, DownloadedInstance, save_parts
 from ._exceptions import DICOMwebError
 from ._media import MediaTypeSpec, accept_header
 from ._pipeline import Pipeline
@@ -38,6 +38,8 @@ StudySources = str | Iterable[str] | AsyncIterable[str]
 DownloadStatus = Literal["downloaded", "skipped", "failed"]
 
 _SERIES_TAG = "0020000E"
+# Received bytes that all downloads of a pipeline together may hold before the disk.
+_PENDING_BYTES = 32 * 1024 * 1024
 _SOP_TAG = "00080018"
 
 
@@ -196,6 +198,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         # Listing requests and fetches share one bound, so at most `concurrency`
         # requests are in flight whatever the mix.
         self._limiter = anyio.CapacityLimiter(concurrency)
+        self._budget = ByteBudget(_PENDING_BYTES)
         self._expected = 0
 
     async def _open(self) -> None:
@@ -327,6 +330,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                             study_instance_uid=unit.study,
                             series_instance_uid=unit.series,
                             on_saved=saved.append,
+                            budget=self._budget,
                         )
                 except (DICOMwebError, OSError) as exc:
                     error = str(exc)

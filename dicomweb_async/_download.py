@@ -25,16 +25,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._exceptions import ProtocolError
 from ._groups import single_error
+from ._identity import read_uids
 from ._parts import PartStream
 from ._urls import check_uid
 
-__all__ = ["DownloadedInstance", "save_parts"]
+__all__ = ["ByteBudget", "DownloadedInstance", "save_parts"]
 
 # Chunks in flight between the network and the disk (each up to about 1 MiB).
 _QUEUE_DEPTH = 16
 # Largest amount handed to the writer thread at once.
 _BATCH_BYTES = 8 * 1024 * 1024
 _UID_NAMES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+# The start of each instance kept in memory to read its UIDs from (ordinary headers are a
+# few kilobytes; larger ones are read back from the file).
+_HEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,14 @@ class _End:
 _Item = _Start | bytes | _End
 
 
+def _read_uids_with_pydicom(path: Path) -> tuple[str, str, str]:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_UID_NAMES))
+    study, series, sop = (str(ds.get(name, "")) for name in _UID_NAMES)
+    return study, series, sop
+
+
 class _Writer:
     """The disk side; every method runs in a worker thread, one call at a time."""
 
@@ -92,6 +104,7 @@ class _Writer:
         self._tmp: Path | None = None
         self._start: _Start | None = None
         self._size = 0
+        self._head = bytearray()
 
     def _error(self, message: str) -> ProtocolError:
         return ProtocolError(message, method=self.stream.method, url=self.stream.url)
@@ -115,11 +128,17 @@ class _Writer:
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._start = start
         self._size = 0
+        self._head = bytearray()
 
     def _flush(self, chunks: list[bytes]) -> None:
         if not chunks:
             return
         assert self._fd is not None
+        if len(self._head) < _HEAD_BYTES:
+            for chunk in chunks:
+                self._head += chunk[: _HEAD_BYTES - len(self._head)]
+                if len(self._head) >= _HEAD_BYTES:
+                    break
         total = sum(len(c) for c in chunks)
         written = os.writev(self._fd, chunks)
         if written != total:  # short writes are rare; finish them one buffer at a time
@@ -134,10 +153,7 @@ class _Writer:
         self._fd = None
         tmp, start, size = self._tmp, self._start, self._size
         try:
-            import pydicom
-
-            ds = pydicom.dcmread(tmp, stop_before_pixels=True, specific_tags=list(_UID_NAMES))
-            uids = tuple(str(ds.get(name, "")) for name in _UID_NAMES)
+            uids = read_uids(bytes(self._head)) or _read_uids_with_pydicom(tmp)
         except Exception as exc:  # pydicom raises many types for bad input
             raise self._error(
                 f"part {end.index} ({size} bytes) is not a DICOM file: {exc}"
@@ -170,10 +186,50 @@ class _Writer:
             self._tmp = None
 
 
+class ByteBudget:
+    """Bytes received but not yet written, bounded across any number of downloads.
+
+    Each download's queue is bounded on its own; when many run at once (a bulk
+    download at high concurrency), their queues together are bounded by one shared
+    budget, so memory does not grow with the number of downloads.
+
+    Parameters
+    ----------
+    limit : int
+        Bytes that may wait for the disk at once (one chunk is always let through).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._changed: anyio.Condition | None = None
+
+    def _condition(self) -> anyio.Condition:
+        if self._changed is None:
+            self._changed = anyio.Condition()
+        return self._changed
+
+    async def acquire(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` fit in the budget, then take them."""
+        condition = self._condition()
+        async with condition:
+            while self.used and self.used + nbytes > self.limit:
+                await condition.wait()
+            self.used += nbytes
+
+    async def release(self, nbytes: int) -> None:
+        """Give back ``nbytes`` once they are on disk."""
+        condition = self._condition()
+        async with condition:
+            self.used -= nbytes
+            condition.notify_all()
+
+
 async def _drain(
     receive: MemoryObjectReceiveStream[_Item],
     writer: _Writer,
     on_saved: Callable[[DownloadedInstance], None] | None,
+    budget: ByteBudget | None,
 ) -> None:
     reported = 0
     async with receive:
@@ -189,6 +245,8 @@ async def _drain(
                 if isinstance(item, bytes):
                     size += len(item)
             await anyio.to_thread.run_sync(writer.apply, batch)
+            if budget is not None:
+                await budget.release(size)
             if on_saved is not None:
                 for saved in writer.saved[reported:]:
                     on_saved(saved)
@@ -202,6 +260,7 @@ async def save_parts(
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
     on_saved: Callable[[DownloadedInstance], None] | None = None,
+    budget: ByteBudget | None = None,
 ) -> list[DownloadedInstance]:
     """Stream every part of a response into ``directory``, renamed after its UIDs.
 
@@ -215,6 +274,8 @@ async def save_parts(
         When given, every instance must belong to them.
     on_saved : callable, optional
         Called on the event loop with each instance once it is on disk.
+    budget : ByteBudget, optional
+        A bound on bytes waiting for the disk, shared with other downloads.
 
     Returns
     -------
@@ -234,12 +295,14 @@ async def save_parts(
     failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, receive, writer, on_saved)
+            tg.start_soon(_drain, receive, writer, on_saved, budget)
             async with send:
                 try:
                     async for part in parts:
                         await send.send(_Start(part.index, part.transfer_syntax))
                         async for chunk in part.aiter_bytes():
+                            if budget is not None:
+                                await budget.acquire(len(chunk))
                             await send.send(chunk)
                         await send.send(_End(part.index))
                 except Exception as exc:
