@@ -161,8 +161,18 @@ async def test_tutorial_walkthrough(
         meta = await client.retrieve_instance_metadata(STUDY, RED_SERIES, RED)
         assert _value(meta, "00080018") == RED
         assert "7FE00010" not in meta  # no OB/OW attributes in metadata
+        jpeg = await client.retrieve_instance_rendered(
+            STUDY, RED_SERIES, RED, params={"quality": 50}
+        )
+        assert jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9"
+        png = await client.retrieve_instance_frames_rendered(
+            STUDY, RED_SERIES, RED, [1], media_types=("image/png",)
+        )
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
         with pytest.raises(NotAcceptableError):
-            await client.retrieve_instance_rendered(STUDY, RED_SERIES, RED)
+            await client.retrieve_instance_rendered(
+                STUDY, RED_SERIES, RED, media_types=("image/gif",)
+            )
 
         # Search: the six routes, a wildcard and fuzzy matching.
         searches = [

@@ -329,8 +329,8 @@ class EmulatorApp:
                 handlers = {"GET": lambda: d.rendered(request, ctx, study, series, sop)}
             case ["studies", study, "series", series, "instances", sop, "frames", frames]:
                 handlers = {"GET": lambda: d.frames(request, ctx, study, series, sop, frames)}
-            case ["studies", study, "series", series, "instances", sop, "frames", _, "rendered"]:
-                handlers = {"GET": lambda: d.rendered(request, ctx, study, series, sop)}
+            case ["studies", study, "series", series, "instances", sop, "frames", n, "rendered"]:
+                handlers = {"GET": lambda: d.rendered(request, ctx, study, series, sop, n)}
             case _:
                 raise HttpError(404, "no such resource")
         return await self._one_of(request, handlers)

@@ -32,6 +32,7 @@ from ._emulator_dicom import (
     valid_uid,
 )
 from ._emulator_qido import QueryError, SearchRoute, search
+from ._emulator_render import RenderError, choose_image_type, render
 from ._emulator_store import EmulatorState, Instance, PartSink, Version
 from ._emulator_wire import (
     Chunk,
@@ -74,6 +75,20 @@ def _check_json_accept(request: Request) -> None:
         return
     if not any(media.mime in _JSON_TYPES for media in accept_ranges(accept)):
         raise HttpError(406, f"the Accept header {accept!r} is not supported here")
+
+
+def _quality(request: Request) -> int:
+    """The ``quality`` query parameter of rendered requests (1-100, default 90)."""
+    values = [v for k, v in parse_qsl(request.query) if k == "quality"]
+    if not values:
+        return 90
+    try:
+        quality = int(values[-1])
+    except ValueError:
+        raise HttpError(400, f"quality must be a number, not {values[-1]!r}") from None
+    if not 1 <= quality <= 100:
+        raise HttpError(400, f"quality must be from 1 to 100, not {quality}")
+    return quality
 
 
 def _wants_original(request: Request) -> bool:
@@ -480,11 +495,41 @@ class DicomwebHandlers:
         return json_response(200, data, DICOM_JSON, headers)
 
     async def rendered(
-        self, request: Request, ctx: Context, study: str, series: str, sop: str
+        self,
+        request: Request,
+        ctx: Context,
+        study: str,
+        series: str,
+        sop: str,
+        frame: str = "1",
     ) -> Response:
-        """Rendered images: not emulated (406 once the instance is found)."""
-        self._find(ctx, study, series, sop)
-        raise HttpError(406, "rendering to image/jpeg or image/png is not emulated")
+        """An instance (its first frame) or one frame rendered as JPEG or PNG."""
+        version = self._find(ctx, study, series, sop)[0].pick(_wants_original(request))
+        numbers = _frame_numbers(frame)
+        if len(numbers) != 1:
+            raise HttpError(400, "a rendered frame request names one frame")
+        layout = version.frames
+        if not version.has_pixel_data or layout is None:
+            raise HttpError(406, "only native (uncompressed) pixel data is rendered here")
+        if numbers[0] > layout.count:
+            raise HttpError(404, f"frame {numbers[0]} does not exist")
+        quality = _quality(request)
+        try:
+            image_type = choose_image_type(request.header("accept"))
+            pixels = b"".join(
+                [
+                    bytes(chunk)
+                    async for chunk in _read_range(
+                        version, layout.start(numbers[0]), layout.frame_size
+                    )
+                ]
+            )
+            image = await anyio.to_thread.run_sync(
+                render, pixels, version.metadata, image_type, quality
+            )
+        except RenderError as exc:
+            raise HttpError(406, str(exc)) from None
+        return Response(200, [("Content-Type", image_type)], image)
 
     # ---- DELETE -------------------------------------------------------------------------
 
