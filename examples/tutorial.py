@@ -6,7 +6,7 @@ free loopback port and walks every step of the Azure tutorial against it, in its
 ``--server orthanc`` starts a local Orthanc with its DICOMweb plugin instead, and ``--url``
 walks the same steps against any server (``--token`` for a bearer token,
 ``--user``/``--password`` for Basic auth). Steps a server does not offer (DELETE and the
-change feed on Orthanc, rendering on the emulator) are reported as such, not as failures.
+change feed on Orthanc) are reported as such, not as failures.
 """
 
 from __future__ import annotations

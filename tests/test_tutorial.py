@@ -41,6 +41,7 @@ def test_tutorial_walkthrough_against_the_emulator() -> None:
     assert _detail(steps, "store it again") == "409, 45070 expected"
     assert "3 already stored (45070)" in _detail(steps, "store 3 files in one request")
     assert _detail(steps, "retrieve study") == "3 instances"
+    assert _detail(steps, "rendered instance").endswith("bytes of JPEG")
     assert _detail(steps, "search PatientName=Anony*") == "1 match"
     for kind in ("instance", "series", "study"):
         assert _detail(steps, f"delete {kind}") == "deleted"
