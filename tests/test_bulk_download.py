@@ -8,12 +8,10 @@ cut off mid-body and cancelled runs leave no ``.partial`` files and a re-run com
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import parse_qsl
 
 import anyio
@@ -26,15 +24,16 @@ from dicomweb_async import (
     DownloadOutcome,
     DownloadReport,
     Progress,
-    RetryPolicy,
 )
 from dicomweb_async.testing import OrthancServer
+from tests import bulk_fixtures
+from tests.bulk_fixtures import RETRY
 from tests.loopback_server import LoopbackServer, RequestRecord, make_instance_bytes
+from tests.relay import Relay
 
 KIB = 1024
 MIB = 1024 * KIB
 SIZE = 8 * KIB
-RETRY = RetryPolicy(attempts=4, backoff=0.0)
 STUDY_1 = "1.2.826.0.1.3680043.8.498.770001"
 STUDY_2 = "1.2.826.0.1.3680043.8.498.770002"
 MISSING_STUDY = "1.2.826.0.1.3680043.8.498.770999"
@@ -43,18 +42,9 @@ MISSING_STUDY = "1.2.826.0.1.3680043.8.498.770999"
 # --------------------------------------------------------------------------------------------
 # Fixtures and helpers
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[LoopbackServer]:
-    with LoopbackServer(storage_dir=tmp_path / "server-store") as srv:
-        yield srv
-        assert srv.errors == []
-
-
-@pytest.fixture
-async def client(server: LoopbackServer) -> AsyncIterator[AsyncDICOMwebClient]:
-    async with AsyncDICOMwebClient(server.url, retry=RETRY) as c:
-        yield c
+# Bound to module names so that pytest finds them here.
+server = bulk_fixtures.server
+client = bulk_fixtures.client
 
 
 def retrievals(server: LoopbackServer) -> list[RequestRecord]:
@@ -115,80 +105,6 @@ def statuses(report: DownloadReport) -> dict[str, str]:
     sops = [o.sop_instance_uid for o in report.outcomes]
     assert len(sops) == len(set(sops)), "an instance was reported more than once"
     return {o.sop_instance_uid or "": o.status for o in report.outcomes}
-
-
-class SlowRelay:
-    """A TCP relay on 127.0.0.1 that passes responses on in small, spaced-out pieces.
-
-    It stretches a download out so that a test can cancel it while instances are being
-    written; it runs on the test's own event loop.
-    """
-
-    def __init__(self, upstream_port: int, *, piece: int = 32 * KIB, pause: float = 0.002):
-        self._upstream_port = upstream_port
-        self._piece = piece
-        self._pause = pause
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> SlowRelay:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 30)
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        opened = [writer]
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
-            opened.append(up_writer)
-            self._writers.add(up_writer)
-            await asyncio.gather(
-                self._pump(reader, up_writer, 0.0),
-                self._pump(up_reader, writer, self._pause),
-                return_exceptions=True,
-            )
-        finally:
-            for each in opened:
-                self._writers.discard(each)
-                each.close()
-            self._tasks.discard(task)
-
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pause: float
-    ) -> None:
-        try:
-            while data := await reader.read(self._piece):
-                writer.write(data)
-                await writer.drain()
-                if pause:
-                    await asyncio.sleep(pause)
-            if writer.can_write_eof():
-                writer.write_eof()
-        except (ConnectionError, OSError):
-            writer.transport.abort()
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,7 +442,7 @@ async def test_cancelled_download_leaves_no_partial_files(
     seen_partial = False
 
     async with (
-        SlowRelay(server.port) as relay,
+        Relay(server.port, piece=32 * KIB, pause=0.002) as relay,
         AsyncDICOMwebClient(relay.url, retry=RETRY) as client,
         anyio.create_task_group() as tg,
     ):
@@ -565,7 +481,7 @@ async def test_leaving_a_download_pipeline_early_leaves_no_partial_files(
     target = tmp_path / "out"
 
     async with (
-        SlowRelay(server.port) as relay,
+        Relay(server.port, piece=32 * KIB, pause=0.002) as relay,
         AsyncDICOMwebClient(relay.url, retry=RETRY) as client,
     ):
         async with client.download_pipeline([STUDY_1], target, concurrency=4) as outcomes:

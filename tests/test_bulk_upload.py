@@ -18,7 +18,7 @@ import random
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -32,10 +32,11 @@ from dicomweb_async import (
     FileOutcome,
     Journal,
     Progress,
-    RetryPolicy,
     UploadReport,
 )
 from dicomweb_async.testing import OrthancServer
+from tests import bulk_fixtures
+from tests.bulk_fixtures import RETRY
 from tests.loopback_server import (
     BEING_CREATED,
     DUPLICATE_INSTANCE,
@@ -46,7 +47,6 @@ from tests.loopback_server import (
 )
 
 SIZE = 4096
-RETRY = RetryPolicy(attempts=4, backoff=0.0)
 VALIDATION_FAILED = 43264
 STUDY_A = "1.2.826.0.1.3680043.8.498.880001"
 STUDY_B = "1.2.826.0.1.3680043.8.498.880002"
@@ -55,18 +55,9 @@ STUDY_B = "1.2.826.0.1.3680043.8.498.880002"
 # --------------------------------------------------------------------------------------------
 # Fixtures and helpers
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[LoopbackServer]:
-    with LoopbackServer(storage_dir=tmp_path / "server-store") as srv:
-        yield srv
-        assert srv.errors == []
-
-
-@pytest.fixture
-async def client(server: LoopbackServer) -> AsyncIterator[AsyncDICOMwebClient]:
-    async with AsyncDICOMwebClient(server.url, retry=RETRY) as c:
-        yield c
+# Bound to module names so that pytest finds them here.
+server = bulk_fixtures.server
+client = bulk_fixtures.client
 
 
 def sha256_file(path: Path) -> str:

@@ -9,7 +9,6 @@ stays flat while hundreds of megabytes stream through; the large-read network ba
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import io
@@ -21,7 +20,6 @@ import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 
 import anyio
 import httpcore
@@ -40,6 +38,7 @@ from dicomweb_async import (
 )
 from dicomweb_async._network import LargeReadBackend, install_large_reads
 from tests.loopback_server import LoopbackServer, write_instance_files
+from tests.relay import Relay
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -134,95 +133,6 @@ def raw_get(path: str, port: int) -> bytes:
         'Accept: multipart/related; type="application/dicom"\r\n'
         "Connection: close\r\n\r\n"
     ).encode("ascii")
-
-
-class Relay:
-    """A TCP relay on 127.0.0.1 in front of the loopback server, run on the test's loop.
-
-    ``ssl_context`` makes it terminate TLS (the loopback server speaks plain HTTP);
-    ``hold_after`` makes it forward only that many bytes of each response and then stall
-    without closing, like a server that stops sending mid-body.
-    """
-
-    def __init__(
-        self,
-        upstream_port: int,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        hold_after: int | None = None,
-    ):
-        self._upstream_port = upstream_port
-        self._ssl = ssl_context
-        self._hold_after = hold_after
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-        self.held = asyncio.Event()
-        self._closing = asyncio.Event()
-
-    async def __aenter__(self) -> Relay:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._ssl)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        self._closing.set()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        # Aborted transports end every pump, so the handlers return on their own.
-        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 30)
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        opened = [writer]
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
-            opened.append(up_writer)
-            self._writers.add(up_writer)
-            await asyncio.gather(
-                self._pump(reader, up_writer, None),
-                self._pump(up_reader, writer, self._hold_after),
-            )
-        finally:
-            for each in opened:
-                each.close()  # flushes what is still buffered, then closes
-                self._writers.discard(each)
-            self._tasks.discard(task)
-
-    async def _pump(
-        self, source: asyncio.StreamReader, target: asyncio.StreamWriter, limit: int | None
-    ) -> None:
-        sent = 0
-        try:
-            while data := await source.read(256 * KIB):
-                if limit is not None and sent + len(data) >= limit:
-                    target.write(data[: limit - sent])
-                    await target.drain()
-                    self.held.set()
-                    await self._closing.wait()  # stall, connection open, until the end
-                    return
-                target.write(data)
-                await target.drain()
-                sent += len(data)
-        except (ConnectionError, ssl.SSLError):
-            return
-        # The sender finished: pass the end of its stream on.
-        if target.can_write_eof():
-            target.write_eof()
-        else:
-            target.close()
 
 
 def tls_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
