@@ -40,7 +40,6 @@ __all__ = [
     "format_timestamp",
     "get_changefeed_latest",
     "infer_api_version",
-    "iter_changefeed",
     "parse_timestamp",
 ]
 
@@ -613,37 +612,3 @@ class ChangeFeed:
                 url=self._transport.url(_LATEST_PATH),
             )
         self._stalled = True
-
-
-def iter_changefeed(
-    transport: Transport,
-    *,
-    api_version: str | None = None,
-    start_time: datetime | None = None,
-    end_time: datetime | None = None,
-    offset: int = 0,
-    limit: int | None = None,
-    include_metadata: bool = True,
-    cursor: ChangeFeedCursor | None = None,
-    follow: bool = False,
-    poll_interval: float = 5.0,
-) -> ChangeFeed:
-    """Iterate over the change feed; see :class:`ChangeFeed` for the parameters.
-
-    Returns
-    -------
-    ChangeFeed
-        An async iterator of :class:`ChangeFeedEntry` with a ``cursor`` attribute.
-    """
-    return ChangeFeed(
-        transport,
-        api_version=api_version,
-        start_time=start_time,
-        end_time=end_time,
-        offset=offset,
-        limit=limit,
-        include_metadata=include_metadata,
-        cursor=cursor,
-        follow=follow,
-        poll_interval=poll_interval,
-    )

@@ -1176,7 +1176,7 @@ class AsyncDICOMwebClient:
             An async iterator of :class:`ChangeFeedEntry` whose ``cursor`` can be saved
             (``cursor.to_json()``) at any point.
         """
-        return _changefeed.iter_changefeed(
+        return ChangeFeed(
             self._transport,
             api_version=api_version,
             start_time=start_time,

@@ -29,7 +29,6 @@ from dicomweb_async._changefeed import (
     format_timestamp,
     get_changefeed_latest,
     infer_api_version,
-    iter_changefeed,
     parse_timestamp,
 )
 from dicomweb_async._transport import Transport
@@ -510,7 +509,7 @@ def test_follow_on_trio() -> None:
             with respx.mock(base_url=BASE, assert_all_called=False) as router:
                 fake.mount(router)
                 got = []
-                async with iter_changefeed(client._transport, follow=True, poll_interval=0) as f:
+                async with ChangeFeed(client._transport, follow=True, poll_interval=0) as f:
                     async for entry in f:
                         got.append(entry.sequence)
                         if entry.sequence == 1:
