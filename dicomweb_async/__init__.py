@@ -16,6 +16,7 @@ from ._client import AsyncDICOMwebClient, AuthLike
 from ._download import DownloadedInstance
 from ._exceptions import (
     AuthenticationError,
+    BulkTransferError,
     ConflictError,
     DICOMwebError,
     HTTPStatusError,
@@ -62,6 +63,7 @@ __all__ = [
     "AzureADAuth",
     "BearerAuth",
     "BodyPart",
+    "BulkTransferError",
     "ChangeFeed",
     "ChangeFeedCursor",
     "ChangeFeedEntry",

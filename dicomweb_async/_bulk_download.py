@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _qido, _wado
 from ._download import ByteBudget, DownloadedInstance, save_parts
-from ._exceptions import DICOMwebError
+from ._exceptions import BulkTransferError, DICOMwebError
 from ._media import MediaTypeSpec, accept_header
 from ._pipeline import Pipeline
 from ._progress import ProgressCallback, ProgressTracker
@@ -116,13 +116,14 @@ class DownloadReport:
         )
 
     def raise_for_failures(self) -> DownloadReport:
-        """Raise :class:`DICOMwebError` if anything failed; else return self."""
+        """Raise :class:`BulkTransferError` if anything failed; else return self."""
         failed = self.failed
         if failed:
             first = failed[0]
             what = first.sop_instance_uid or f"study {first.study_instance_uid}"
-            raise DICOMwebError(
-                f"{len(failed)} download(s) failed; first: {what}: {first.message}"
+            raise BulkTransferError(
+                f"{len(failed)} download(s) failed; first: {what}: {first.message}",
+                report=self,
             )
         return self
 

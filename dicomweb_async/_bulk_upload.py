@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _stow
-from ._exceptions import DICOMwebError, StoreFailedError
+from ._exceptions import BulkTransferError, DICOMwebError
 from ._implicit_vr import IMPLICIT_VR_MESSAGE, is_implicit_vr, to_explicit_vr
 from ._journal import Journal, JournalEntry
 from ._multipart_writer import BodyPart
@@ -31,7 +31,7 @@ from ._pipeline import Pipeline
 from ._progress import ProgressCallback, ProgressTracker
 from ._retry import RetryPolicy
 from ._scan import ScannedFile, Unreadable, iter_paths, scan_file
-from ._store_result import FailureReason, StoreResult
+from ._store_result import FailureReason
 from ._transport import Transport
 
 __all__ = ["FileOutcome", "Sources", "UploadPipeline", "UploadReport"]
@@ -149,14 +149,14 @@ class UploadReport:
         )
 
     def raise_for_failures(self) -> UploadReport:
-        """Raise :class:`StoreFailedError` if any file failed; else return self."""
+        """Raise :class:`BulkTransferError` if any file failed; else return self."""
         failed = self.failed
         if failed:
             first = failed[0]
-            raise StoreFailedError(
+            raise BulkTransferError(
                 f"{len(failed)} of {len(self.outcomes)} files failed; first: {first.path}: "
                 f"{first.message}",
-                result=StoreResult(status_code=0),
+                report=self,
             )
         return self
 

@@ -15,7 +15,8 @@ Every exception the library raises on purpose derives from :class:`DICOMwebError
     │   ├── NotAcceptableError    406 (no acceptable media type / transfer syntax)
     │   ├── ConflictError         409
     │   └── ServerError           5xx
-    └── StoreFailedError          STOW-RS answered, but some instances were not stored
+    ├── StoreFailedError          STOW-RS answered, but some instances were not stored
+    └── BulkTransferError         a bulk upload or download finished with failures
 
 Errors from httpx and from the multipart parser are translated into these at one place
 (the transport layer), so callers never need to import httpx to handle failures.
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "BulkTransferError",
     "ConflictError",
     "DICOMwebError",
     "HTTPStatusError",
@@ -192,6 +194,20 @@ class StoreFailedError(DICOMwebError):
     def __init__(self, message: str, *, result: StoreResult, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.result = result
+
+
+class BulkTransferError(DICOMwebError):
+    """A bulk upload or download finished, and some of its files or instances failed.
+
+    Attributes
+    ----------
+    report : UploadReport or DownloadReport
+        Every input with its outcome.
+    """
+
+    def __init__(self, message: str, *, report: Any):
+        super().__init__(message)
+        self.report = report
 
 
 _BY_STATUS: dict[int, type[HTTPStatusError]] = {

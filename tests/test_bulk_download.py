@@ -20,7 +20,7 @@ import pytest
 
 from dicomweb_async import (
     AsyncDICOMwebClient,
-    DICOMwebError,
+    BulkTransferError,
     DownloadOutcome,
     DownloadReport,
     Progress,
@@ -225,8 +225,9 @@ async def test_unknown_and_invalid_studies_fail_once_each(
     for outcome in failed.values():
         assert outcome.sop_instance_uid is None and outcome.message
     assert not report.ok
-    with pytest.raises(DICOMwebError):
+    with pytest.raises(BulkTransferError) as raised:
         report.raise_for_failures()
+    assert raised.value.report is report
     assert_identical(server, tmp_path, STUDY_1)
 
 

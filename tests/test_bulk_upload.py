@@ -28,6 +28,7 @@ import pytest
 
 from dicomweb_async import (
     AsyncDICOMwebClient,
+    BulkTransferError,
     FailureReason,
     FileOutcome,
     Journal,
@@ -189,6 +190,9 @@ async def test_mixed_folder_every_file_accounted_for_once(
     assert_junk_reported(outcomes, junk)
     assert (len(report.stored), len(report.skipped), len(report.failed)) == (7, 3, 2)
     assert not report.ok
+    with pytest.raises(BulkTransferError, match="2 of 12 files failed") as raised:
+        report.raise_for_failures()
+    assert raised.value.report is report
     assert report.bytes_stored == 7 * SIZE
     assert_stored_once_and_identical(server, good)
 

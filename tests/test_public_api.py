@@ -152,6 +152,7 @@ EXPECTED_PARENTS = {
     "ConflictError": "HTTPStatusError",
     "ServerError": "HTTPStatusError",
     "StoreFailedError": "DICOMwebError",
+    "BulkTransferError": "DICOMwebError",
 }
 
 
