@@ -4,17 +4,26 @@ The public API is everything named in ``__all__``; modules whose names start wit
 underscore are private and may change without notice.
 """
 
+import inspect as _inspect
 import logging as _logging
 
-from ._auth import BearerAuth, TokenProvider
-from ._azure_admin import Partition
-from ._azure_auth import AzureADAuth, azure_scope
-from ._bulk_download import DownloadOutcome, DownloadPipeline, DownloadReport
-from ._bulk_upload import FileOutcome, UploadPipeline, UploadReport
-from ._changefeed import ChangeFeed, ChangeFeedCursor, ChangeFeedEntry
-from ._client import AsyncDICOMwebClient, AuthLike
-from ._download import DownloadedInstance
-from ._exceptions import (
+from ._azure.admin import Partition
+from ._azure.auth import AzureADAuth, azure_scope
+from ._azure.changefeed import ChangeFeed, ChangeFeedCursor, ChangeFeedEntry
+from ._azure.client import AzureDICOMwebClient
+from ._azure.extended_query_tags import (
+    ExtendedQueryTag,
+    ExtendedQueryTagError,
+    ExtendedQueryTagSpec,
+)
+from ._azure.operations import Operation, OperationReference, OperationState
+from ._bulk.download import DownloadOutcome, DownloadPipeline, DownloadReport
+from ._bulk.journal import Journal, JournalEntry
+from ._bulk.progress import Progress, ProgressCallback
+from ._bulk.upload import FileOutcome, UploadPipeline, UploadReport
+from ._client.base import AuthLike
+from ._client.client import AsyncDICOMwebClient
+from ._core.exceptions import (
     AuthenticationError,
     BulkTransferError,
     ConflictError,
@@ -31,10 +40,8 @@ from ._exceptions import (
     TimeoutError,
     TransportError,
 )
-from ._extended_query_tags import ExtendedQueryTag, ExtendedQueryTagError, ExtendedQueryTagSpec
-from ._journal import Journal, JournalEntry
-from ._media import MediaType, parse_media_type
-from ._multipart import (
+from ._core.media import MediaType, parse_media_type
+from ._core.multipart_reader import (
     MultipartReader,
     PartData,
     PartEnd,
@@ -42,13 +49,13 @@ from ._multipart import (
     PartStart,
     SinglePartReader,
 )
-from ._multipart_writer import BodyPart, MultipartWriter
-from ._operations import Operation, OperationReference, OperationState
-from ._parts import Part, PartStream
-from ._progress import Progress, ProgressCallback
-from ._retry import RetryPolicy
-from ._store_result import FailureReason, StoreOutcome, StoreResult
-from ._wado import Frame, Metadata, ReaderLimits
+from ._core.multipart_writer import BodyPart, MultipartWriter
+from ._core.retry import RetryPolicy
+from ._core.store_result import FailureReason, StoreOutcome, StoreResult
+from ._services.download import DownloadedInstance
+from ._services.wado import Frame, Metadata, ReaderLimits
+from ._transport.auth import BearerAuth, TokenProvider
+from ._transport.parts import Part, PartStream
 
 __version__ = "0.1.0.dev0"
 
@@ -61,6 +68,7 @@ __all__ = [
     "AuthLike",
     "AuthenticationError",
     "AzureADAuth",
+    "AzureDICOMwebClient",
     "BearerAuth",
     "BodyPart",
     "BulkTransferError",
@@ -120,3 +128,17 @@ __all__ = [
     "parse_media_type",
     "__version__",
 ]
+
+
+def _present_as_public(namespace: dict[str, object], module: str) -> None:
+    # Reprs, tracebacks and pickles name the public module (dicomweb_async.StoreResult), not
+    # the private one a class happens to be defined in, which may move.
+    names = namespace["__all__"]
+    assert isinstance(names, list)
+    for name in names:
+        obj = namespace[name]
+        if isinstance(obj, type) or _inspect.isfunction(obj):
+            obj.__module__ = module
+
+
+_present_as_public(globals(), __name__)

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 
 import dicomweb_async
 from dicomweb_async import (
-    AsyncDICOMwebClient,
+    AzureDICOMwebClient,
     ConflictError,
     DICOMwebError,
     HTTPStatusError,
@@ -31,8 +31,8 @@ from dicomweb_async import (
     ProtocolError,
     RetryPolicy,
 )
-from dicomweb_async._azure_admin import Partition, export, list_partitions, update_studies
-from dicomweb_async._extended_query_tags import (
+from dicomweb_async._azure.admin import Partition, export, list_partitions, update_studies
+from dicomweb_async._azure.extended_query_tags import (
     ExtendedQueryTag,
     ExtendedQueryTagError,
     ExtendedQueryTagSpec,
@@ -44,14 +44,14 @@ from dicomweb_async._extended_query_tags import (
     list_extended_query_tags,
     update_extended_query_tag,
 )
-from dicomweb_async._operations import (
+from dicomweb_async._azure.json_values import parse_time
+from dicomweb_async._azure.operations import (
     Operation,
     OperationReference,
     OperationState,
     get_operation,
-    parse_time,
 )
-from dicomweb_async._transport import Transport
+from dicomweb_async._transport.transport import Transport
 
 BASE = "http://127.0.0.1:8042/v2"
 PREFIX = "/v2"
@@ -79,7 +79,7 @@ def router() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 async def transport(router: respx.MockRouter) -> AsyncIterator[Transport]:
     # No retries: every mocked answer is meant to be the final one.
-    client = AsyncDICOMwebClient(BASE, retry=RetryPolicy(attempts=1))
+    client = AzureDICOMwebClient(BASE, retry=RetryPolicy(attempts=1))
     try:
         yield client._transport
     finally:
@@ -994,7 +994,7 @@ async def test_starting_an_operation_is_repeated_only_when_the_server_did_not_pr
                 httpx.Response(202, json={"id": "abc", "href": f"{BASE}/operations/abc"}),
             ]
         )
-        async with AsyncDICOMwebClient(BASE, retry=RetryPolicy(attempts=3, backoff=0.0)) as c:
+        async with AzureDICOMwebClient(BASE, retry=RetryPolicy(attempts=3, backoff=0.0)) as c:
             change = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B"}]}}
             if retried:
                 op = await c.update_studies(["1.2.3"], change)

@@ -27,7 +27,7 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
 from dicomweb_async import AsyncDICOMwebClient, AuthenticationError, RetryPolicy
-from dicomweb_async._azure_auth import AZURE_DICOM_SCOPE, AzureADAuth, azure_scope
+from dicomweb_async._azure.auth import AZURE_DICOM_SCOPE, AzureADAuth, azure_scope
 from tests.loopback_server import LoopbackServer
 
 if TYPE_CHECKING:
@@ -481,7 +481,7 @@ async def test_token_not_in_repr_logs_or_errors(
 
 def test_importing_the_package_does_not_import_azure() -> None:
     code = (
-        "import sys, dicomweb_async, dicomweb_async._azure_auth; "
+        "import sys, dicomweb_async, dicomweb_async._azure.auth; "
         "print(sorted(m for m in sys.modules if m == 'azure' or m.startswith('azure.')))"
     )
     result = subprocess.run(

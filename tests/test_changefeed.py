@@ -21,17 +21,16 @@ import respx
 import trio
 from pydicom.dataset import Dataset
 
-from dicomweb_async import AsyncDICOMwebClient, ProtocolError
-from dicomweb_async._changefeed import (
+from dicomweb_async import AzureDICOMwebClient, ProtocolError
+from dicomweb_async._azure.changefeed import (
     ChangeFeed,
     ChangeFeedCursor,
     ChangeFeedEntry,
-    format_timestamp,
     get_changefeed_latest,
     infer_api_version,
-    parse_timestamp,
 )
-from dicomweb_async._transport import Transport
+from dicomweb_async._azure.json_values import format_timestamp, parse_timestamp
+from dicomweb_async._transport.transport import Transport
 
 BASE = "http://127.0.0.1:8042/v2"
 BASE_V1 = "http://127.0.0.1:8042/v1"
@@ -119,14 +118,14 @@ def router_v1() -> Any:
 
 @pytest.fixture
 async def transport() -> AsyncIterator[Transport]:
-    client = AsyncDICOMwebClient(BASE)
+    client = AzureDICOMwebClient(BASE)
     yield client._transport
     await client.aclose()
 
 
 @pytest.fixture
 async def transport_v1() -> AsyncIterator[Transport]:
-    client = AsyncDICOMwebClient(BASE_V1)
+    client = AzureDICOMwebClient(BASE_V1)
     yield client._transport
     await client.aclose()
 
@@ -504,7 +503,7 @@ async def test_v2_follow_polls_until_stopped(
 def test_follow_on_trio() -> None:
     async def main() -> list[int]:
         trio.lowlevel.current_task()  # raises outside trio
-        async with AsyncDICOMwebClient(BASE) as client:
+        async with AzureDICOMwebClient(BASE) as client:
             fake = FakeFeed("v2", [1])
             with respx.mock(base_url=BASE, assert_all_called=False) as router:
                 fake.mount(router)
@@ -712,7 +711,7 @@ async def test_client_methods_use_the_feed(router: Any) -> None:
     latest = router.get("/changefeed/latest").mock(
         return_value=httpx.Response(200, json=entry_json(2))
     )
-    async with AsyncDICOMwebClient(BASE) as client:
+    async with AzureDICOMwebClient(BASE) as client:
         feed = client.iter_changefeed(limit=5, include_metadata=False)
         assert [entry.sequence async for entry in feed] == [1, 2]
         assert feed.cursor.offset == 2

@@ -25,11 +25,11 @@ import pydicom
 import pytest
 
 from dicomweb_async import DownloadOutcome, DownloadReport, FileOutcome, Progress, UploadReport
-from dicomweb_async._cli import main
-from dicomweb_async._cli_args import build_parser, parse_filters, parse_frames, parse_size
-from dicomweb_async._cli_console import Console
-from dicomweb_async._cli_secrets import Redactor
-from dicomweb_async._cli_tables import download_summary, format_table, upload_summary
+from dicomweb_async._cli.args import build_parser, parse_filters, parse_frames, parse_size
+from dicomweb_async._cli.console import Console
+from dicomweb_async._cli.main import main
+from dicomweb_async._cli.secrets import Redactor
+from dicomweb_async._cli.tables import download_summary, format_table, upload_summary
 from dicomweb_async.testing import OrthancServer
 from tests.loopback_server import LoopbackServer
 

@@ -16,7 +16,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from dicomweb_async._identity import read_uids
+from dicomweb_async._core.identity import read_uids
 
 STUDY, SERIES, SOP = "1.2.826.0.1.99.1", "1.2.826.0.1.99.1.2", "1.2.826.0.1.99.1.2.3"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicomweb_async._media import MediaType, accept_header, parse_media_type
-from dicomweb_async._urls import (
+from dicomweb_async._core.media import MediaType, accept_header, parse_media_type
+from dicomweb_async._core.urls import (
     build_query,
     check_uid,
     instance_path,

@@ -28,8 +28,8 @@ from dicomweb_async import (
     ProtocolError,
     SinglePartReader,
 )
-from dicomweb_async._multipart import make_reader
-from dicomweb_async._multipart_writer import BodyPart, MultipartWriter
+from dicomweb_async._core.multipart_reader import make_reader
+from dicomweb_async._core.multipart_writer import BodyPart, MultipartWriter
 
 BOUNDARY = "dwa-test-7f3a91c2"
 BND = BOUNDARY.encode("ascii")

@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomweb_async import PartData, PartEnd, PartStart
-from dicomweb_async._multipart import make_reader
-from dicomweb_async._multipart_writer import BodyPart, MultipartWriter, body_part
+from dicomweb_async._core.multipart_reader import make_reader
+from dicomweb_async._core.multipart_writer import BodyPart, MultipartWriter, body_part
 
 HYPOTHESIS = settings(max_examples=200, deadline=None)
 

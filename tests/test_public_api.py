@@ -13,7 +13,7 @@ import pytest
 
 import dicomweb_async
 import dicomweb_async.testing
-from dicomweb_async import _exceptions
+from dicomweb_async._core import exceptions as _exceptions
 
 PUBLIC_MODULES = ["dicomweb_async", "dicomweb_async.testing"]
 
@@ -119,12 +119,13 @@ EXCEPTIONS = [
 
 
 def test_exceptions_are_all_exported() -> None:
+    # Defined in the module's source: __module__ names the public package instead.
+    source = ast.parse(Path(_exceptions.__file__).read_text(encoding="utf-8"))
+    classes = {node.name for node in source.body if isinstance(node, ast.ClassDef)}
     from_module = {
         name
         for name, obj in vars(_exceptions).items()
-        if inspect.isclass(obj)
-        and issubclass(obj, BaseException)
-        and obj.__module__ == _exceptions.__name__
+        if inspect.isclass(obj) and issubclass(obj, BaseException) and name in classes
     }
     assert from_module
     assert from_module <= set(dicomweb_async.__all__)
@@ -213,3 +214,27 @@ def test_store_failed_error_carries_result() -> None:
     error = dicomweb_async.StoreFailedError("nope", result=result)  # type: ignore[arg-type]
     assert error.result is result
     assert isinstance(error, dicomweb_async.DICOMwebError)
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_public_classes_and_functions_name_the_public_module(module_name: str) -> None:
+    # Reprs, tracebacks and pickles show dicomweb_async.X, wherever X is defined.
+    module = importlib.import_module(module_name)
+    shown = {
+        name: getattr(module, name).__module__
+        for name in module.__all__
+        if inspect.isclass(getattr(module, name)) or inspect.isfunction(getattr(module, name))
+    }
+    assert shown
+    assert {name: where for name, where in shown.items() if where != module_name} == {}
+
+
+def test_public_objects_pickle_by_their_public_name() -> None:
+    import pickle
+
+    error = dicomweb_async.ProtocolError("bad body", method="GET", url="http://127.0.0.1/x")
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is dicomweb_async.ProtocolError
+    assert str(again) == str(error)
+    assert b"dicomweb_async._core" not in pickle.dumps(error)
+    assert repr(dicomweb_async.RetryPolicy).startswith("<class 'dicomweb_async.RetryPolicy'")

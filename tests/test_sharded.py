@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 
-from dicomweb_async._sharded import ShardedTransport, _CountedStream
+from dicomweb_async._transport.sharded import ShardedTransport, _CountedStream
 from tests.loopback_server import LoopbackServer
 
 STUDY = "1.2.826.0.1.3680043.8.498.990777"

@@ -20,8 +20,8 @@ from dicomweb_async import (
     StoreOutcome,
     StoreResult,
 )
-from dicomweb_async._retry import parse_retry_after
-from dicomweb_async._store_result import parse_store_response
+from dicomweb_async._core.retry import parse_retry_after
+from dicomweb_async._core.store_result import parse_store_response
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SC = "1.2.840.10008.5.1.4.1.1.7"

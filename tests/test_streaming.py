@@ -36,7 +36,7 @@ from dicomweb_async import (
     ServerError,
     TransportError,
 )
-from dicomweb_async._network import LargeReadBackend, install_large_reads
+from dicomweb_async._transport.network import LargeReadBackend, install_large_reads
 from tests.loopback_server import LoopbackServer, write_instance_files
 from tests.relay import Relay
 

@@ -30,9 +30,10 @@ Orthanc itself is not a Python package; on Debian or Ubuntu install it with
 
 from __future__ import annotations
 
-from ._emulator import AzureDicomEmulator
-from ._emulator_app import RecordedRequest
-from ._emulator_http import EmulatorServer
+from .. import _present_as_public
+from ._emulator.app import RecordedRequest
+from ._emulator.emulator import AzureDicomEmulator
+from ._emulator.http import EmulatorServer
 from ._orthanc import OrthancNotAvailable, OrthancServer
 
 __all__ = [
@@ -42,3 +43,5 @@ __all__ = [
     "OrthancServer",
     "RecordedRequest",
 ]
+
+_present_as_public(globals(), __name__)

@@ -1,0 +1,362 @@
+"""Bulk download: many studies, their series and instances fetched in parallel.
+
+Each study is first listed with QIDO-RS (instances with their series). Instances whose
+file is already on disk are skipped: files appear under their final names only once
+complete, so the download directory is its own journal and a re-run after a crash fetches
+only what is missing. A series with nothing on disk is fetched in one request; otherwise
+the missing instances are fetched one by one. Up to ``concurrency`` requests run at once;
+outcomes queue up (bounded) for the consumer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._core.datasets import first_value
+from .._core.exceptions import DICOMwebError
+from .._core.media import MediaTypeSpec, accept_header
+from .._core.urls import check_uid, instance_path, series_path
+from .._services import qido as _qido
+from .._services import wado as _wado
+from .._services.download import ByteBudget, DownloadedInstance, save_parts
+from .._transport.transport import Transport
+from .pipeline import Pipeline
+from .progress import ProgressCallback, ProgressTracker
+from .report import Report
+
+__all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources"]
+
+#: Studies to download: UIDs, or an (async) iterable of them.
+StudySources = str | Iterable[str] | AsyncIterable[str]
+
+DownloadStatus = Literal["downloaded", "skipped", "failed"]
+
+_SERIES_TAG = "0020000E"
+# Received bytes that all downloads of a pipeline together may hold before the disk.
+_PENDING_BYTES = 32 * 1024 * 1024
+_SOP_TAG = "00080018"
+
+
+@dataclass(frozen=True)
+class DownloadOutcome:
+    """What happened to one instance (or, when it could not be listed, one study).
+
+    Attributes
+    ----------
+    study_instance_uid : str
+    series_instance_uid, sop_instance_uid : str or None
+        None when a whole study failed before its instances were known.
+    status : {"downloaded", "skipped", "failed"}
+        ``skipped``: the file was already complete on disk.
+    path : Path or None
+        The file, for downloaded and skipped instances.
+    size : int
+        File size in bytes.
+    message : str or None
+        Why an instance failed.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    status: DownloadStatus
+    path: Path | None = None
+    size: int = 0
+    message: str | None = None
+
+
+@dataclass
+class DownloadReport(Report[DownloadOutcome]):
+    """Every instance of a bulk download with its outcome.
+
+    Attributes
+    ----------
+    outcomes : list of DownloadOutcome
+        One per instance (or per study that could not be listed), in completion order.
+    elapsed : float
+        Seconds the download took.
+    """
+
+    _moved = "downloaded"
+
+    @property
+    def downloaded(self) -> list[DownloadOutcome]:
+        """Instances written in this run."""
+        return self._with("downloaded")
+
+    @property
+    def skipped(self) -> list[DownloadOutcome]:
+        """Instances already complete on disk."""
+        return self._with("skipped")
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """Bytes written in this run."""
+        return self._moved_bytes()
+
+    def summary(self) -> str:
+        """One line: counts by status, bytes and rate."""
+        return (
+            f"{len(self.downloaded)} downloaded, {len(self.skipped)} already on disk, "
+            f"{len(self.failed)} failed; {self._totals()}"
+        )
+
+    def _failure_message(self, failed: Sequence[DownloadOutcome]) -> str:
+        first = failed[0]
+        what = first.sop_instance_uid or f"study {first.study_instance_uid}"
+        return f"{len(failed)} download(s) failed; first: {what}: {first.message}"
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One request: a whole series, or one instance."""
+
+    study: str
+    series: str
+    sops: tuple[str, ...]  # the instances expected in the answer
+    whole_series: bool
+
+
+class DownloadPipeline(Pipeline[DownloadOutcome]):
+    """Download studies as they come and hand back outcomes as instances complete.
+
+    Use as ``async with client.download_pipeline(uids, directory) as outcomes: async for
+    outcome in outcomes: ...``; leaving the block early cancels what is in flight.
+
+    Parameters
+    ----------
+    transport : Transport
+    limits : ReaderLimits
+    studies : str or (async) iterable of str
+        Study Instance UIDs.
+    directory : path
+        Root of the ``<study>/<series>/<sop>.dcm`` tree.
+    concurrency : int
+        Requests in flight at once.
+    skip_existing : bool
+        Skip instances whose file is already on disk (complete by construction).
+    series : str, optional
+        Restrict a single-study download to this series.
+    split_series : bool
+        Fetch every instance in its own request, even when a whole series is missing
+        (parallelism within one series).
+    progress : callable, optional
+        Receives :class:`Progress` events.
+    media_types : sequence, optional
+        Acceptable media types (default: the stored encoding).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        limits: _wado.ReaderLimits,
+        studies: StudySources,
+        directory: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        skip_existing: bool = True,
+        series: str | None = None,
+        progress: ProgressCallback | None = None,
+        media_types: Sequence[MediaTypeSpec] | None = None,
+        split_series: bool = False,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._transport = transport
+        self._limits = limits
+        self._studies = [studies] if isinstance(studies, str) else studies
+        self.directory = Path(directory)
+        self.concurrency = concurrency
+        self.skip_existing = skip_existing
+        self.series = series
+        self.split_series = split_series
+        self.tracker = ProgressTracker("download", progress)
+        self._accept = accept_header(
+            media_types, default=_wado.DEFAULT_INSTANCE_TYPE, multipart=True
+        )
+        self.result_buffer = 4 * concurrency
+        # Listing requests and fetches share one bound, so at most `concurrency`
+        # requests are in flight whatever the mix.
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._budget = ByteBudget(_PENDING_BYTES)
+        self._expected = 0
+
+    async def _open(self) -> None:
+        await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
+
+    def _start(self, tg: TaskGroup, results: MemoryObjectSendStream[DownloadOutcome]) -> None:
+        unit_send, unit_recv = anyio.create_memory_object_stream[_Unit](self.concurrency)
+        with unit_recv:
+            tg.start_soon(self._plan, unit_send, results.clone())
+            for _ in range(self.concurrency):
+                tg.start_soon(self._fetch_units, unit_recv.clone(), results.clone())
+
+    async def _close(self) -> None:
+        self.tracker.finish()
+
+    # -- planning ------------------------------------------------------------------------
+
+    async def _iter_studies(self) -> AsyncIterator[str]:
+        studies = self._studies
+        if isinstance(studies, AsyncIterable):
+            async for uid in studies:
+                yield uid
+        else:
+            for uid in studies:
+                yield uid
+
+    def _target(self, study: str, series: str, sop: str) -> Path:
+        return self.directory / study / series / f"{sop}.dcm"
+
+    async def _plan(
+        self,
+        units: MemoryObjectSendStream[_Unit],
+        results: MemoryObjectSendStream[DownloadOutcome],
+    ) -> None:
+        async with units, results:
+            async for study in self._iter_studies():
+                try:
+                    check_uid(study, "StudyInstanceUID")
+                    params = _qido.SearchParams("instances", study, self.series)
+                    async with self._limiter:
+                        listing = await _qido.search(self._transport, params, get_remaining=True)
+                except (DICOMwebError, ValueError) as exc:
+                    # Without a listing, files already on disk cannot be told apart from
+                    # missing ones; report the study so that a re-run can finish it.
+                    message = f"could not list the study's instances: {exc}"
+                    await self._emit(
+                        results,
+                        DownloadOutcome(study, self.series, None, "failed", message=message),
+                    )
+                    continue
+                by_series: dict[str, list[str]] = {}
+                for item in listing:
+                    series = first_value(item, _SERIES_TAG)
+                    sop = first_value(item, _SOP_TAG)
+                    if series and sop:
+                        by_series.setdefault(series, []).append(sop)
+                if not by_series:
+                    await self._emit(
+                        results,
+                        DownloadOutcome(
+                            study, self.series, None, "failed", message="no instances found"
+                        ),
+                    )
+                    continue
+                for series, sops in by_series.items():
+                    self._expected += len(sops)
+                    on_disk: dict[str, int] = {}
+                    if self.skip_existing:
+                        on_disk = await anyio.to_thread.run_sync(
+                            _existing, self.directory / study / series
+                        )
+                    missing = []
+                    for sop in sops:
+                        if sop in on_disk:
+                            target = self._target(study, series, sop)
+                            await self._emit(
+                                results,
+                                DownloadOutcome(
+                                    study, series, sop, "skipped", target, on_disk[sop]
+                                ),
+                            )
+                        else:
+                            missing.append(sop)
+                    whole = len(missing) == len(sops) > 1 and not self.split_series
+                    if whole:
+                        await units.send(_Unit(study, series, tuple(missing), whole_series=True))
+                    else:
+                        for sop in missing:
+                            await units.send(_Unit(study, series, (sop,), whole_series=False))
+            self.tracker.set_total(self._expected)
+
+    async def _emit(
+        self, results: MemoryObjectSendStream[DownloadOutcome], outcome: DownloadOutcome
+    ) -> None:
+        if outcome.status == "downloaded":
+            self.tracker.add(done=1, nbytes=outcome.size)
+        elif outcome.status == "skipped":
+            self.tracker.add(skipped=1)
+        else:
+            self.tracker.add(failed=1)
+        await results.send(outcome)
+
+    # -- fetching ------------------------------------------------------------------------
+
+    def _path(self, unit: _Unit) -> str:
+        if unit.whole_series:
+            return series_path(unit.study, unit.series)
+        return instance_path(unit.study, unit.series, unit.sops[0])
+
+    async def _fetch_units(
+        self,
+        units: MemoryObjectReceiveStream[_Unit],
+        results: MemoryObjectSendStream[DownloadOutcome],
+    ) -> None:
+        async with units, results:
+            async for unit in units:
+                saved: list[DownloadedInstance] = []
+                error: str | None = None
+                try:
+                    async with (
+                        self._limiter,
+                        _wado.open_parts(
+                            self._transport, self._path(unit), self._accept, limits=self._limits
+                        ) as parts,
+                    ):
+                        await save_parts(
+                            parts,
+                            self.directory,
+                            study_instance_uid=unit.study,
+                            series_instance_uid=unit.series,
+                            on_saved=saved.append,
+                            budget=self._budget,
+                        )
+                except (DICOMwebError, OSError) as exc:
+                    error = str(exc)
+                for item in saved:
+                    await self._emit(
+                        results,
+                        DownloadOutcome(
+                            item.study_instance_uid,
+                            item.series_instance_uid,
+                            item.sop_instance_uid,
+                            "downloaded",
+                            item.path,
+                            item.size,
+                        ),
+                    )
+                got = {item.sop_instance_uid for item in saved}
+                for sop in unit.sops:
+                    if sop not in got:
+                        await self._emit(
+                            results,
+                            DownloadOutcome(
+                                unit.study,
+                                unit.series,
+                                sop,
+                                "failed",
+                                message=error or "not in the server's response",
+                            ),
+                        )
+
+
+def _existing(folder: Path) -> dict[str, int]:
+    """SOP Instance UID -> size of the complete files in a series folder."""
+    found: dict[str, int] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.endswith(".dcm") and entry.is_file():
+            found[entry.name[: -len(".dcm")]] = entry.stat().st_size
+    return found

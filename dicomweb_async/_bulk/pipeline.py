@@ -1,0 +1,85 @@
+"""The shape shared by bulk pipelines: worker tasks feeding one consumer.
+
+A pipeline is an async context manager whose value is iterated. Entering it starts its
+tasks in a task group; they send results into a bounded stream that the consumer reads,
+so a slow consumer slows the tasks instead of growing memory. Leaving the block before
+the results are exhausted cancels the tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._core.groups import single_error
+
+__all__ = ["Pipeline"]
+
+T = TypeVar("T")
+P = TypeVar("P", bound="Pipeline[Any]")
+
+
+class Pipeline(Generic[T]):
+    """Base of :class:`UploadPipeline` and :class:`DownloadPipeline`."""
+
+    #: How many results may wait for the consumer.
+    result_buffer = 64
+
+    _tg: TaskGroup | None = None
+    _results: MemoryObjectReceiveStream[T] | None = None
+    _drained = False
+
+    async def _open(self) -> None:
+        """Prepare before the tasks start (open files, create folders)."""
+
+    def _start(self, tg: TaskGroup, results: MemoryObjectSendStream[T]) -> None:
+        """Start the tasks; each must use (and close) its own clone of ``results``."""
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        """Clean up once the tasks have ended, however they ended."""
+
+    async def __aenter__(self: P) -> P:
+        await self._open()
+        send, self._results = anyio.create_memory_object_stream[Any](self.result_buffer)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        async with send:
+            self._start(self._tg, send)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None and self._results is not None
+        try:
+            if exc_type is not None or not self._drained:
+                self._tg.cancel_scope.cancel()
+            await self._results.aclose()
+            try:
+                return await self._tg.__aexit__(exc_type, exc, tb)
+            except BaseException as error:
+                # Callers expect a task's own error, not the task group's wrapper.
+                inner = single_error(error)
+                if inner is error:
+                    raise
+                raise inner from None
+        finally:
+            await self._close()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[T]:
+        assert self._results is not None, "use `async with` before iterating"
+        async for item in self._results:
+            yield item
+        self._drained = True

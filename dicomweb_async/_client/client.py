@@ -1,0 +1,59 @@
+"""The public client, put together from its method groups, one per service."""
+
+from __future__ import annotations
+
+from .download import DownloadMethods
+from .retrieve import RetrieveMethods
+from .search import SearchMethods
+from .store import StoreMethods
+
+__all__ = ["AsyncDICOMwebClient"]
+
+
+class AsyncDICOMwebClient(SearchMethods, RetrieveMethods, DownloadMethods, StoreMethods):
+    """Asyncio client for a DICOMweb server (QIDO-RS, WADO-RS, STOW-RS, DELETE).
+
+    Method names and parameters follow dicomweb-client's ``DICOMClient``; here they are
+    awaited, and ``iter_*`` methods are async iterators. Downloads and uploads stream:
+    files are sent from disk in pieces and responses are parsed as they arrive.
+
+    Parameters
+    ----------
+    base_url : str
+        Service root, e.g. ``http://127.0.0.1:8042/dicom-web`` or
+        ``https://ws-svc.dicom.azurehealthcareapis.com/v2``.
+    auth : httpx.Auth, (str, str), str or async callable, optional
+        Basic credentials as a tuple, a bearer token, an async token provider (refreshed
+        once on 401), or any ``httpx.Auth``.
+    headers : mapping, optional
+        Headers sent with every request.
+    timeout : httpx.Timeout or float, optional
+        Per-operation timeouts (connect, read, write, pool).
+    verify : bool, str or ssl.SSLContext
+        TLS verification, as in httpx.
+    http_client : httpx.AsyncClient, optional
+        Use this client instead of creating one; it is not closed by :meth:`aclose`.
+    max_connections : int
+        Size of the connection pool of the client created here.
+    retry : RetryPolicy, optional
+        When to retry transient failures (429, 502, 503, 504, dropped connections).
+    large_reads : bool
+        Read the socket in 1 MiB pieces instead of httpx's 64 KiB (faster downloads);
+        applies only to the client created here.
+    reader_limits : ReaderLimits, optional
+        Limits on multipart responses (header size and count, number of parts).
+    original_on_406 : bool
+        When the server cannot produce a requested transfer syntax (406), ask once more
+        for the stored one (``transfer-syntax=*``) instead of raising.
+    max_page_size : int, optional
+        Largest QIDO-RS ``limit`` the server accepts (Azure: 200); larger limits are
+        lowered to it and paging continues where it stopped.
+    reject_implicit_vr : bool
+        Refuse, before upload, files in implicit VR little endian, which some servers
+        (Azure) reject; ``store_folder`` can convert them instead.
+
+    Examples
+    --------
+    >>> async with AsyncDICOMwebClient("http://127.0.0.1:8042/dicom-web") as client:
+    ...     studies = await client.search_for_studies(search_filters={"PatientID": "ID1"})
+    """

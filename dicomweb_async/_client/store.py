@@ -1,0 +1,175 @@
+"""Methods of the client that change what the server holds: STOW-RS, bulk upload, DELETE."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .._bulk.journal import Journal
+from .._bulk.progress import ProgressCallback
+from .._bulk.report import run_to_report
+from .._bulk.upload import Sources, UploadPipeline, UploadReport
+from .._core.exceptions import MethodNotAllowedError
+from .._core.multipart_writer import StoreItem
+from .._core.store_result import StoreResult
+from .._core.urls import check_uid, instance_path, series_path, study_path
+from .._services import stow as _stow
+from .base import ClientBase
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["StoreMethods"]
+
+
+class StoreMethods(ClientBase):
+    """Store instances one request at a time or in bulk, and delete them."""
+
+    async def store_instances(
+        self,
+        datasets: Sequence[StoreItem],
+        study_instance_uid: str | None = None,
+        *,
+        single_part: bool = False,
+    ) -> StoreResult:
+        """Store instances in one STOW-RS request.
+
+        Parameters
+        ----------
+        datasets : sequence of path, bytes or Dataset
+            Files are streamed from disk as they are (never re-encoded); bytes are sent
+            as they are; Datasets are encoded as DICOM files.
+        study_instance_uid : str, optional
+            POST to ``/studies/{study}``; the server refuses instances of other studies.
+        single_part : bool
+            Send one instance as a plain ``application/dicom`` body (Azure only).
+
+        Returns
+        -------
+        StoreResult
+            Stored, failed and warning outcomes for 200, 202 and 409 answers alike; call
+            ``result.raise_for_failures()`` to turn failures into an exception.
+        """
+        if study_instance_uid is not None:
+            check_uid(study_instance_uid, "StudyInstanceUID")
+        return await _stow.store(
+            self._transport,
+            datasets,
+            study_instance_uid,
+            single_part=single_part,
+            reject_implicit_vr=self.reject_implicit_vr,
+        )
+
+    def upload_pipeline(
+        self,
+        sources: Sources,
+        *,
+        concurrency: int = 8,
+        max_request_bytes: int | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        progress: ProgressCallback | None = None,
+        convert_implicit_vr: bool = False,
+    ) -> UploadPipeline:
+        """Upload files as they come; iterate their outcomes as they complete.
+
+        Use as ``async with client.upload_pipeline(paths) as outcomes: async for o in
+        outcomes: ...``. ``sources`` may be an async iterable, so a pipeline stage can
+        feed files in while earlier ones are uploading. Parameters are those of
+        :meth:`store_folder`.
+        """
+        self._check_concurrency(concurrency)
+        return UploadPipeline(
+            self._transport,
+            sources,
+            concurrency=concurrency,
+            max_request_bytes=max_request_bytes,
+            journal=journal,
+            progress=progress,
+            reject_implicit_vr=self.reject_implicit_vr,
+            convert_implicit_vr=convert_implicit_vr,
+        )
+
+    async def store_folder(
+        self,
+        sources: Sources,
+        *,
+        concurrency: int = 8,
+        max_request_bytes: int | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        progress: ProgressCallback | None = None,
+        convert_implicit_vr: bool = False,
+    ) -> UploadReport:
+        """Upload every DICOM file in folders (recursively) or in a list of paths.
+
+        Parameters
+        ----------
+        sources : path, or (async) iterable of paths
+            Files and folders.
+        concurrency : int
+            Requests in flight at once (at most the client's ``max_connections``).
+        max_request_bytes : int or None
+            None (default) sends one instance per request; a number groups consecutive
+            instances of one study into requests of up to that many bytes (the Azure
+            DICOM service takes at most 4 GB per request).
+        journal : path or Journal, optional
+            A file recording every instance the server confirmed. Re-running the same
+            upload with it after a crash or Ctrl-C skips those and sends the rest.
+        progress : callable, optional
+            Called with :class:`Progress` events as files finish.
+        convert_implicit_vr : bool
+            For a client created with ``reject_implicit_vr=True`` (Azure): re-encode
+            implicit VR little endian files as explicit VR and send those, instead of
+            reporting them as failed.
+
+        Returns
+        -------
+        UploadReport
+            One :class:`FileOutcome` per input file: stored, already stored (409 with
+            FailureReason 45070, or recorded in the journal), failed (with the reason or
+            error), or skipped (not DICOM, with why). Failures do not raise; call
+            ``report.raise_for_failures()`` for that.
+
+        Notes
+        -----
+        Headers are read (up to the pixel data) in worker threads; files are sent as
+        they are, re-read from disk on every retry. 429, 502, 503, 504, dropped
+        connections and FailureReason 45071 are retried; validation failures are not.
+        """
+        return await run_to_report(
+            self.upload_pipeline(
+                sources,
+                concurrency=concurrency,
+                max_request_bytes=max_request_bytes,
+                journal=journal,
+                progress=progress,
+                convert_implicit_vr=convert_implicit_vr,
+            ),
+            UploadReport(),
+        )
+
+    async def _delete(self, path: str) -> None:
+        try:
+            await self._transport.request("DELETE", path, ok=(200, 202, 204))
+        except MethodNotAllowedError as exc:
+            allow = exc.headers.get("allow")
+            exc.message = "the server does not support DELETE on this resource" + (
+                f" (Allow: {allow})" if allow else ""
+            )
+            raise
+
+    async def delete_study(self, study_instance_uid: str) -> None:
+        """Delete a study (``DELETE /studies/{study}``; not all servers offer it)."""
+        await self._delete(study_path(study_instance_uid))
+
+    async def delete_series(self, study_instance_uid: str, series_instance_uid: str) -> None:
+        """Delete a series."""
+        await self._delete(series_path(study_instance_uid, series_instance_uid))
+
+    async def delete_instance(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+    ) -> None:
+        """Delete an instance."""
+        await self._delete(
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        )

@@ -1,0 +1,295 @@
+"""HTTP transport: the one place that talks to httpx.
+
+It sends requests with retries, turns error statuses and httpx exceptions into this
+package's exceptions, and hands response bodies to the caller as an async iterator of
+bytes. Nothing above this layer imports httpx.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+
+from .._core.exceptions import DICOMwebError, TimeoutError, TransportError, status_error_class
+from .._core.retry import RetryPolicy
+from .sharded import ShardedTransport
+
+__all__ = ["Body", "Response", "Transport", "make_http_client", "translate_error"]
+
+logger = logging.getLogger("dicomweb_async")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_NOT_PROCESSED = frozenset({429, 503})
+_EXCERPT_BYTES = 2048
+_EXCERPT_CHARS = 300
+
+#: What a request body may be: bytes, or a replayable stream from ``_body``.
+Body = bytes | httpx.AsyncByteStream | None
+
+
+def make_http_client(
+    *,
+    auth: httpx.Auth | tuple[str, str] | None,
+    headers: Mapping[str, str] | None,
+    timeout: httpx.Timeout | float | None,
+    verify: Any,
+    max_connections: int,
+    large_reads: bool = True,
+) -> httpx.AsyncClient:
+    """Create the ``httpx.AsyncClient`` that an :class:`AsyncDICOMwebClient` owns.
+
+    Connections are split over small pools (see ``_sharded``), each with the large-read
+    network backend (see ``_network``) unless ``large_reads`` is False. TLS verification is
+    httpx's own. Proxies from the environment are not used by this client (httpx ignores
+    them when given a transport); pass an ``http_client`` configured with a proxy instead.
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    transport = ShardedTransport(verify=verify, limits=limits, large_reads=large_reads)
+    return httpx.AsyncClient(
+        auth=auth,
+        headers=headers,
+        timeout=timeout,
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+def _safe_url(url: httpx.URL) -> str:
+    if url.userinfo:
+        url = url.copy_with(username=None, password=None)
+    return str(url)
+
+
+def translate_error(exc: BaseException, method: str, url: httpx.URL | str) -> DICOMwebError:
+    """Map an httpx exception to this package's exception tree."""
+    safe = _safe_url(url) if isinstance(url, httpx.URL) else url
+    kind = type(exc).__name__
+    detail = str(exc) or kind
+    if isinstance(exc, httpx.TimeoutException):
+        return TimeoutError(f"timed out ({kind}: {detail})", method=method, url=safe)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return TransportError(
+            f"connection closed before the response was complete ({detail})",
+            method=method,
+            url=safe,
+        )
+    return TransportError(f"{kind}: {detail}", method=method, url=safe)
+
+
+class Response:
+    """A response whose body is read as a stream.
+
+    Attributes
+    ----------
+    status_code : int
+    headers : dict of str to str
+        Lower-cased header names.
+    method, url : str
+        The request, for error messages.
+    """
+
+    def __init__(self, response: httpx.Response, method: str):
+        self._response = response
+        self.status_code = response.status_code
+        self.headers = {k.lower(): v for k, v in response.headers.items()}
+        self.raw_headers: tuple[tuple[str, str], ...] = tuple(response.headers.multi_items())
+        self.method = method
+        self.url = _safe_url(response.request.url)
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type header, or an empty string."""
+        return self.headers.get("content-type", "")
+
+    @property
+    def content_length(self) -> int | None:
+        """The declared Content-Length, if any."""
+        value = self.headers.get("content-length", "")
+        return int(value) if value.isdigit() else None
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Yield the body as it arrives; transport failures raise ``TransportError``."""
+        try:
+            async for chunk in self._response.aiter_bytes():
+                if chunk:
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise translate_error(exc, self.method, self._response.request.url) from exc
+
+    async def read(self) -> bytes:
+        """Read the whole body (for small JSON answers)."""
+        return b"".join([chunk async for chunk in self.iter_bytes()])
+
+
+async def _excerpt(response: httpx.Response) -> str:
+    collected = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            collected += chunk
+            if len(collected) >= _EXCERPT_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
+    text = " ".join(collected[:_EXCERPT_BYTES].decode("utf-8", "replace").split())
+    return text[:_EXCERPT_CHARS] + ("..." if len(text) > _EXCERPT_CHARS else "")
+
+
+class Transport:
+    """Sends requests relative to a base URL, with retries and error translation.
+
+    Parameters
+    ----------
+    base_url : str
+        Service root, e.g. ``https://host/dicom-web`` or ``.../v2``.
+    client : httpx.AsyncClient
+        The client to send with.
+    owns_client : bool
+        Whether :meth:`aclose` closes ``client``.
+    retry : RetryPolicy
+        When to retry.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        *,
+        owns_client: bool,
+        retry: RetryPolicy,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.owns_client = owns_client
+        self.retry = retry
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this transport created it."""
+        if self.owns_client:
+            await self.client.aclose()
+
+    def url(self, path: str, query: str = "") -> str:
+        """Absolute URL for ``path`` (relative to the base) or an absolute URL as is."""
+        full = path if path.startswith(("http://", "https://")) else self.base_url + path
+        if query:
+            full += ("&" if "?" in full else "?") + query
+        return full
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: Body,
+        ok: Collection[int],
+        once: bool = False,
+    ) -> httpx.Response:
+        request = self.client.build_request(method, url, headers=headers, content=body)
+        replayable = method in IDEMPOTENT or body is None or isinstance(body, bytes)
+        replayable = replayable or isinstance(body, httpx.AsyncByteStream)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                if replayable and not once and self.retry.should_retry_error(attempt):
+                    delay = self.retry.delay(attempt)
+                    logger.warning(
+                        "%s %s failed (%s); retry %d in %.2fs",
+                        method,
+                        _safe_url(request.url),
+                        type(exc).__name__,
+                        attempt,
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    continue
+                raise translate_error(exc, method, request.url) from exc
+            status = response.status_code
+            if status in ok:
+                return response
+            # A request that must not run twice is only repeated when the server said it
+            # did not process it (429, 503); after a 502, 504 or a dropped connection it
+            # may have.
+            retryable = status in _NOT_PROCESSED if once else True
+            if replayable and retryable and self.retry.should_retry_status(attempt, status):
+                delay = self.retry.delay(attempt, response.headers.get("retry-after"))
+                await response.aclose()
+                logger.warning(
+                    "%s %s answered %d; retry %d in %.2fs",
+                    method,
+                    _safe_url(request.url),
+                    status,
+                    attempt,
+                    delay,
+                )
+                await anyio.sleep(delay)
+                continue
+            try:
+                excerpt = await _excerpt(response)
+            finally:
+                await response.aclose()
+            cls = status_error_class(status)
+            raise cls(
+                response.reason_phrase or "HTTP error",
+                status_code=status,
+                method=method,
+                url=_safe_url(request.url),
+                body_excerpt=excerpt,
+                headers={k.lower(): v for k, v in response.headers.items()},
+            )
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        ok: Collection[int] = (200,),
+        once: bool = False,
+    ) -> AsyncIterator[Response]:
+        """Send a request and yield the response with its body unread.
+
+        Raises
+        ------
+        HTTPStatusError
+            (a subclass by status) if the final status is not in ``ok``.
+        TransportError
+            If no response arrived.
+        """
+        response = await self._send(method, self.url(path, query), headers, body, ok, once)
+        try:
+            yield Response(response, method)
+        finally:
+            await response.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        ok: Collection[int] = (200,),
+        once: bool = False,
+    ) -> tuple[Response, bytes]:
+        """Send a request and read its whole (small) body.
+
+        ``once=True`` marks a request that must not take effect twice (it starts a
+        server-side operation): it is retried only after 429 or 503.
+        """
+        async with self.stream(
+            method, path, query=query, headers=headers, body=body, ok=ok, once=once
+        ) as response:
+            return response, await response.read()
