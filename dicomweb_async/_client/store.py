@@ -10,10 +10,10 @@ from .._bulk.journal import Journal
 from .._bulk.progress import ProgressCallback
 from .._bulk.report import run_to_report
 from .._bulk.upload import Sources, UploadPipeline, UploadReport
-from .._core.exceptions import MethodNotAllowedError
 from .._core.multipart_writer import StoreItem
 from .._core.store_result import StoreResult
 from .._core.urls import check_uid, instance_path, series_path, study_path
+from .._services import delete as _delete
 from .._services import stow as _stow
 from .base import ClientBase
 
@@ -148,28 +148,19 @@ class StoreMethods(ClientBase):
             UploadReport(),
         )
 
-    async def _delete(self, path: str) -> None:
-        try:
-            await self._transport.request("DELETE", path, ok=(200, 202, 204))
-        except MethodNotAllowedError as exc:
-            allow = exc.headers.get("allow")
-            exc.message = "the server does not support DELETE on this resource" + (
-                f" (Allow: {allow})" if allow else ""
-            )
-            raise
-
     async def delete_study(self, study_instance_uid: str) -> None:
         """Delete a study (``DELETE /studies/{study}``; not all servers offer it)."""
-        await self._delete(study_path(study_instance_uid))
+        await _delete.delete(self._transport, study_path(study_instance_uid))
 
     async def delete_series(self, study_instance_uid: str, series_instance_uid: str) -> None:
         """Delete a series."""
-        await self._delete(series_path(study_instance_uid, series_instance_uid))
+        await _delete.delete(self._transport, series_path(study_instance_uid, series_instance_uid))
 
     async def delete_instance(
         self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
     ) -> None:
         """Delete an instance."""
-        await self._delete(
-            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        await _delete.delete(
+            self._transport,
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
         )

@@ -1,8 +1,9 @@
-"""HTTP transport: the one place that talks to httpx.
+"""HTTP transport: requests with retries, and the one place httpx's errors are translated.
 
 It sends requests with retries, turns error statuses and httpx exceptions into this
 package's exceptions, and hands response bodies to the caller as an async iterator of
-bytes. Nothing above this layer imports httpx.
+bytes. Above the transport layer only the client facade imports httpx, for the types of
+its parameters; the services, bulk transfer and Azure modules talk to this class.
 """
 
 from __future__ import annotations
