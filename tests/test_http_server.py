@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, cast
 
 import pytest
 
+from dicomweb_async.testing import AzureDicomEmulator
 from dicomweb_async.testing._http_server import (
     CONTINUE,
     BodyReader,
@@ -22,6 +25,7 @@ from dicomweb_async.testing._http_server import (
     response_head,
     serve_connection,
 )
+from tests.loopback_server import LoopbackServer
 
 NEXT_REQUEST = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -489,3 +493,96 @@ async def test_serve_connection_ends_quietly_after_a_cut() -> None:
     reply, bugs, tasks = await exchange_over_loopback(cut, NEXT_REQUEST)
     assert reply == b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123"
     assert (bugs, tasks) == ([], set())
+
+
+# ---- both servers over a socket --------------------------------------------------------------
+
+
+@pytest.fixture(params=["emulator", "loopback"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[int, str, Callable[[], list[str]]]]:
+    """(port, base path, the server's recorded bugs) of each server built on this module."""
+    if request.param == "emulator":
+        emulator = AzureDicomEmulator()
+        with emulator.serve() as url:
+            yield int(url.rsplit(":", 1)[1].split("/")[0]), "/v2", lambda: emulator.errors
+    else:
+        with LoopbackServer() as server:
+            yield server.port, "", lambda: server.errors
+
+
+def talk(port: int, request: bytes, *, half_close: bool = False) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def statuses(reply: bytes) -> list[bytes]:
+    # Bodies here are small JSON or text, which never holds a status line.
+    return re.findall(rb"HTTP/1\.1 ([0-9]{3}) ", reply)
+
+
+def test_servers_keep_alive_until_asked_to_close(served: tuple[int, str, Any]) -> None:
+    port, base, errors = served
+    get = f"GET {base}/studies HTTP/1.1\r\nHost: x\r\n".encode()
+    reply = talk(port, get + b"\r\n" + get + b"\r\n" + get + b"Connection: close\r\n\r\n")
+    assert len(statuses(reply)) == 3 and set(statuses(reply)) <= {b"200", b"204"}
+    assert reply.count(b"Connection: close\r\n") == 1
+    assert errors() == []
+
+
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [
+        (b"Transfer-Encoding: chunked", b"zz\r\nhello\r\n0\r\n\r\n"),
+        (b"Transfer-Encoding: chunked", b"5\r\nhelloXX0\r\n\r\n"),
+        (b"Transfer-Encoding: gzip", b"hello"),
+        (b"Content-Length: 5x", b"hello"),
+    ],
+)
+def test_servers_refuse_broken_framing_and_close(
+    served: tuple[int, str, Any], framing: bytes, body: bytes
+) -> None:
+    port, base, errors = served
+    head = (
+        f"POST {base}/studies HTTP/1.1\r\nHost: x\r\n".encode()
+        + b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+        + framing
+        + b"\r\n\r\n"
+    )
+    # The request after the broken one is never answered: its start cannot be known.
+    reply = talk(port, head + body + f"GET {base}/studies HTTP/1.1\r\n\r\n".encode())
+    assert statuses(reply) == [b"400"]
+    assert b"Connection: close\r\n" in reply
+    assert errors() == []
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /studies HTTP/1.1\r\nX: a\r\n folded\r\n\r\n", b"400"),
+        (b"GET /studies HTTP/9.9\r\n\r\n", b"400"),
+        (b"GET /studies HTTP/1.1\r\nX: " + b"a" * (64 * 1024) + b"\r\n\r\n", b"431"),
+    ],
+)
+def test_servers_refuse_malformed_heads(
+    served: tuple[int, str, Any], request_bytes: bytes, status: bytes
+) -> None:
+    port, _, errors = served
+    reply = talk(port, request_bytes, half_close=True)
+    assert statuses(reply) == [status]
+    assert b"Connection: close\r\n" in reply
+    assert errors() == []
+
+
+def test_servers_end_quietly_when_the_client_goes(served: tuple[int, str, Any]) -> None:
+    port, base, errors = served
+    partial = f"POST {base}/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"
+    assert talk(port, partial.encode(), half_close=True) == b""
+    assert talk(port, b"GET /studies HTTP/1.1\r\nHo", half_close=True) == b""
+    assert errors() == []
