@@ -7,6 +7,8 @@ memory, and is fast enough that benchmarks measure the client rather than the se
 
 It is written directly on :func:`asyncio.start_server` instead of a web framework because the
 framework layers cost more than the whole client under test at gigabyte-per-second rates.
+Reading requests and writing raw responses is shared with the emulator's loopback server
+(:mod:`dicomweb_async.testing._http_server`); routing and the fault knobs are here.
 
 Routes (below an optional path prefix):
 
@@ -43,15 +45,28 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NoReturn, Protocol
+from typing import Literal, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import multipart
 import pydicom
 from pydicom.uid import generate_uid
+
+from dicomweb_async.testing._http_server import (
+    CONNECTION_ENDED,
+    CONTINUE,
+    BodyReader,
+    BodyWriter,
+    Dropped,
+    MalformedRequest,
+    RequestHead,
+    read_head,
+    response_head,
+    serve_connection,
+)
 
 __all__ = [
     "BEING_CREATED",
@@ -98,28 +113,6 @@ _DICOM_PREFIX = 64 * _KIB
 _PATTERN_SIZE = 4 * _MIB
 
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_REASONS = {
-    100: "Continue",
-    200: "OK",
-    202: "Accepted",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    409: "Conflict",
-    410: "Gone",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,14 +505,6 @@ class _HttpError(Exception):
         self.headers = list(headers)
 
 
-class _ClientGone(Exception):
-    """The peer closed the connection before the request was complete."""
-
-
-class _Dropped(Exception):
-    """The server closed the connection on purpose (a fault knob)."""
-
-
 def _split_unquoted(value: str, separator: str) -> list[str]:
     pieces: list[str] = []
     current: list[str] = []
@@ -552,154 +537,6 @@ def _parse_media_type(value: str) -> tuple[str, dict[str, str]]:
             raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
         params[name.strip().lower()] = raw
     return pieces[0].strip().lower(), params
-
-
-@dataclass
-class _Head:
-    method: str
-    target: str
-    path: str
-    query: str
-    version: str
-    headers: list[tuple[str, str]]
-
-    def get(self, name: str) -> str | None:
-        wanted = name.lower()
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value
-        return None
-
-
-def _parse_head(raw: bytes) -> _Head:
-    lines = raw.decode("latin-1").split("\r\n")
-    while lines and not lines[0]:
-        lines.pop(0)  # RFC 9112 lets a client send empty lines before the request line.
-    if not lines:
-        raise _HttpError(400, "empty request")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _HttpError(400, "malformed request line")
-    method, target, version = parts
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        if line[0] in " \t":
-            raise _HttpError(400, "obsolete header folding")
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise _HttpError(400, "malformed header line")
-        headers.append((name, value.strip()))
-    path, _, query = target.partition("?")
-    return _Head(method.upper(), target, path, query, version, headers)
-
-
-class _BodyReader:
-    """Request body pieces from a StreamReader, for Content-Length or chunked framing."""
-
-    def __init__(self, reader: asyncio.StreamReader, head: _Head) -> None:
-        self._reader = reader
-        encoding = (head.get("Transfer-Encoding") or "").lower()
-        length = head.get("Content-Length")
-        self._chunked = "chunked" in encoding
-        if self._chunked:
-            self._remaining = 0
-        elif length is not None:
-            if not length.isdigit():
-                raise _HttpError(400, "invalid Content-Length")
-            self._remaining = int(length)
-        else:
-            self._remaining = 0
-        self._done = not self._chunked and self._remaining == 0
-        #: Set when the framing was invalid: the connection cannot carry another request.
-        self.broken = False
-
-    async def read(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes of the body; ``b""`` once it is complete."""
-        if self._done or limit <= 0:
-            return b""
-        if self._chunked and self._remaining == 0:
-            await self._next_chunk()
-            if self._done:
-                return b""
-        data = await self._reader.read(min(limit, self._remaining))
-        if not data:
-            raise _ClientGone("connection closed inside the request body")
-        self._remaining -= len(data)
-        if self._remaining == 0:
-            if self._chunked:
-                if await self._reader.readexactly(2) != b"\r\n":
-                    self._fail("chunk not followed by CRLF")
-            else:
-                self._done = True
-        return data
-
-    def _fail(self, message: str) -> NoReturn:
-        self.broken = True
-        raise _HttpError(400, message)
-
-    async def _line(self) -> bytes:
-        try:
-            return await self._reader.readuntil(b"\r\n")
-        except asyncio.LimitOverrunError:
-            self._fail("chunk size or trailer line too long")
-
-    async def _next_chunk(self) -> None:
-        line = await self._line()
-        # Chunk extensions carry nothing this server uses.
-        size_text = line[:-2].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            self._fail("invalid chunk size")
-        if size == 0:
-            while await self._line() != b"\r\n":
-                pass  # trailer fields are ignored
-            self._done = True
-        self._remaining = size
-
-
-class _BodySender:
-    """Writes a response body with the chosen framing and an optional cut-off point."""
-
-    def __init__(
-        self, writer: asyncio.StreamWriter, *, chunked: bool, cut_after: int | None
-    ) -> None:
-        self._writer = writer
-        self._chunked = chunked
-        self._cut_after = cut_after
-        self.sent = 0
-
-    def _allowance(self, wanted: int) -> int:
-        if self._cut_after is None:
-            return wanted
-        return max(0, min(wanted, self._cut_after - self.sent))
-
-    async def start(self) -> None:
-        if self._cut_after == 0:
-            raise _Dropped
-
-    async def send(self, data: _Buffer) -> None:
-        total = len(data)
-        if not total:
-            return
-        count = self._allowance(total)
-        if self._chunked:
-            # Announce the full chunk even when cutting, like a server dying mid-write.
-            self._writer.write(b"%x\r\n" % total)
-        self._writer.write(data[:count] if count < total else data)
-        self.sent += count
-        if count < total or (self._cut_after is not None and self.sent >= self._cut_after):
-            raise _Dropped
-        if self._chunked:
-            self._writer.write(b"\r\n")
-        await self._writer.drain()
-
-    async def finish(self) -> None:
-        if self._chunked:
-            self._writer.write(b"0\r\n\r\n")
-        await self._writer.drain()
 
 
 # --------------------------------------------------------------------------------------------
@@ -942,8 +779,9 @@ class _Reply:
     cut_after: int | None = None
 
 
-def _error_reply(exc: _HttpError) -> _Reply:
-    return _Reply(exc.status, exc.headers, exc.message.encode("utf-8"))
+def _error_reply(exc: _HttpError | MalformedRequest) -> _Reply:
+    headers = exc.headers if isinstance(exc, _HttpError) else []
+    return _Reply(exc.status, headers, exc.message.encode("utf-8"))
 
 
 _Handler = Callable[[], _Reply]
@@ -963,10 +801,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _status_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", "Server: loopback-dicomweb"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+def _response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    return response_head(status, [("Server", "loopback-dicomweb"), *headers])
 
 
 def _negotiate(accept: str | None, *, instance_route: bool) -> tuple[bool, set[str] | None]:
@@ -1179,29 +1015,20 @@ class _ServerState:
     async def handle_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self._writers.add(writer)
         with self.lock:
             self.connections += 1
             connection_id = self.connections
         writer.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        exchange = functools.partial(self._handle_request, reader, writer, connection_id)
         try:
-            while await self._handle_request(reader, writer, connection_id):
-                pass
-        except (_ClientGone, _Dropped, ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            pass  # the server is shutting down
-        except Exception:
-            with self.lock:
-                self.errors.append(traceback.format_exc())
+            await serve_connection(writer, exchange, on_bug=self._record_error, tasks=self._tasks)
         finally:
             self._writers.discard(writer)
-            self._tasks.discard(task)
-            # close() still flushes what was written, so a cut response ends with a FIN.
-            writer.close()
+
+    def _record_error(self, text: str) -> None:
+        with self.lock:
+            self.errors.append(text)
 
     async def close_connections(self) -> None:
         for writer in list(self._writers):
@@ -1216,19 +1043,11 @@ class _ServerState:
     ) -> bool:
         """Serve one request; whether the connection may carry another."""
         try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-            if len(raw) > _MAX_HEAD:
-                raise _HttpError(431, "request head too large")
-            head = _parse_head(raw)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial.strip():
-                raise _ClientGone("connection closed inside the request head") from None
-            return False
-        except asyncio.LimitOverrunError:
-            await self._send(writer, _Reply(431, body=b"request head too large"), False)
-            return False
-        except _HttpError as exc:
+            head = await read_head(reader, _MAX_HEAD)
+        except MalformedRequest as exc:
             await self._send(writer, _error_reply(exc), False)
+            return False
+        if head is None:
             return False
         record = RequestRecord(
             method=head.method,
@@ -1244,7 +1063,7 @@ class _ServerState:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             return await self._serve(reader, writer, head, record)
-        except (_ClientGone, _Dropped, ConnectionError, asyncio.IncompleteReadError):
+        except CONNECTION_ENDED:
             record.aborted = True
             raise
         finally:
@@ -1255,20 +1074,18 @@ class _ServerState:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        head: _Head,
+        head: RequestHead,
         record: RequestRecord,
     ) -> bool:
-        keep_alive = (
-            head.version == "HTTP/1.1" and (head.get("Connection") or "").lower() != "close"
-        )
+        keep_alive = head.keep_alive
         try:
-            body = _BodyReader(reader, head)
-        except _HttpError as exc:
+            body = BodyReader(reader, head)
+        except MalformedRequest as exc:
             record.status = exc.status
             await self._send(writer, _error_reply(exc), False, record)
             return False
-        if (head.get("Expect") or "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if head.expects_continue:
+            writer.write(CONTINUE)
 
         # Decided before the body is read, so that a refused request stores nothing.
         reply: _Reply | None = None
@@ -1314,13 +1131,14 @@ class _ServerState:
                         reply = _error_reply(exc)
                         sink.abort()
             if drop_after is not None:
-                raise _Dropped
+                raise Dropped
             if reply is None:
                 sink.finish()
-        except _HttpError as exc:
+        except (_HttpError, MalformedRequest) as exc:
             sink.abort()
             reply = _error_reply(exc)
-            keep_alive = keep_alive and not body.broken
+            # After broken framing the next request's start is unknown.
+            keep_alive = keep_alive and not isinstance(exc, MalformedRequest)
         except BaseException:
             sink.abort()
             raise
@@ -1359,7 +1177,7 @@ class _ServerState:
             if not keep_alive:
                 headers.append(("Connection", "close"))
             body = reply.body if reply.status != 204 else b""
-            writer.write(_status_head(reply.status, headers) + body)
+            writer.write(_response_head(reply.status, headers) + body)
             await writer.drain()
             if record is not None:
                 record.response_body_bytes = len(body)
@@ -1374,18 +1192,18 @@ class _ServerState:
         if reply.framing == "close" or not keep_alive:
             headers.append(("Connection", "close"))
             keep_alive = False
-        writer.write(_status_head(reply.status, headers))
-        sender = _BodySender(writer, chunked=reply.framing == "chunked", cut_after=reply.cut_after)
+        writer.write(_response_head(reply.status, headers))
+        sender = BodyWriter(writer, chunked=reply.framing == "chunked", allowance=reply.cut_after)
         try:
             await sender.start()
             for piece in reply.pieces:
                 if not isinstance(piece, StoredInstance):
-                    await sender.send(piece)
+                    await sender.write(piece)
                     continue
                 # Plain reads and writes measured faster here than loop.sendfile(), whose
                 # per-call bookkeeping dominates at a few megabytes per instance.
                 for chunk in piece.iter_chunks(_SEND_SIZE):
-                    await sender.send(chunk)
+                    await sender.write(chunk)
             await sender.finish()
         finally:
             if record is not None:
@@ -1394,7 +1212,7 @@ class _ServerState:
 
     # ---- routing ----------------------------------------------------------------------------
 
-    def _route(self, head: _Head, record: RequestRecord) -> tuple[_Sink | None, _Handler]:
+    def _route(self, head: RequestHead, record: RequestRecord) -> tuple[_Sink | None, _Handler]:
         path = head.path
         if self.prefix:
             if path != self.prefix and not path.startswith(self.prefix + "/"):
@@ -1431,13 +1249,13 @@ class _ServerState:
             raise _HttpError(405, f"{method} not allowed here", [("Allow", allowed)])
         raise _HttpError(404, "no such route")
 
-    def _base_url(self, head: _Head) -> str:
+    def _base_url(self, head: RequestHead) -> str:
         host = head.get("Host") or f"127.0.0.1:{self.port}"
         return f"http://{host}{self.prefix}"
 
     # ---- handlers ---------------------------------------------------------------------------
 
-    def _stow_reply(self, head: _Head, sink: _StowSink, study: str | None) -> _Reply:
+    def _stow_reply(self, head: RequestHead, sink: _StowSink, study: str | None) -> _Reply:
         base = self._base_url(head)
         stored = [o.identity for o in sink.outcomes if o.failure is None and o.identity]
         failed = [o for o in sink.outcomes if o.failure is not None]
@@ -1481,7 +1299,7 @@ class _ServerState:
         return _Reply(404, body=b"no such resource")
 
     def _retrieve_reply(
-        self, head: _Head, study: str, series: str | None, sop: str | None
+        self, head: RequestHead, study: str, series: str | None, sop: str | None
     ) -> _Reply:
         single, syntaxes = _negotiate(head.get("Accept"), instance_route=sop is not None)
         instances = [inst for inst in self.select(study, series, sop) if inst.available]
@@ -1521,7 +1339,7 @@ class _ServerState:
         )
 
     def _qido_reply(
-        self, head: _Head, level: str, study: str | None, series: str | None
+        self, head: RequestHead, level: str, study: str | None, series: str | None
     ) -> _Reply:
         aliases = {
             "0020000D": "StudyInstanceUID",

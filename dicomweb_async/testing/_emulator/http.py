@@ -7,28 +7,38 @@ in the middle of the body, as a broken connection would.
 The server speaks HTTP/1.1 on 127.0.0.1 from its own event loop in a background thread
 (so it serves asyncio, trio and synchronous clients alike): keep-alive, Content-Length and
 chunked request bodies, and streamed answers with an exact Content-Length. It is written on
-:func:`asyncio.start_server` directly; a web framework would cost more than the emulator.
+:func:`asyncio.start_server` directly, with the request parsing and raw response writing of
+:mod:`.._http_server`; a web framework would cost more than the emulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
-import traceback
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 
 import anyio
 import httpx
 
+from .._http_server import (
+    CONTINUE,
+    BodyReader,
+    BodyWriter,
+    ClientGone,
+    MalformedRequest,
+    read_head,
+    response_head,
+    serve_connection,
+)
 from .app import EmulatorApp
-from .wire import REASONS, ClientDisconnected, Request, Response
+from .wire import ClientDisconnected, Request, Response
 
 __all__ = ["EmulatorServer", "EmulatorTransport"]
 
 _HOST = "127.0.0.1"
-_IO_SIZE = 1024 * 1024
 _MAX_HEAD = 64 * 1024
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
@@ -117,115 +127,20 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
 # ---- loopback server -----------------------------------------------------------------------
 
 
-class _BadRequest(ClientDisconnected):
-    """The request is malformed; inside a body this ends the exchange like a disconnect."""
+class _BadBody(MalformedRequest, ClientDisconnected):
+    """Broken framing inside a body: the handlers see a disconnect, the client a 400."""
 
 
-class _Dropped(Exception):
-    """The server cut a response short on purpose."""
-
-
-class _Head:
-    def __init__(self, raw: bytes) -> None:
-        lines = raw.decode("latin-1").split("\r\n")
-        while lines and not lines[0]:
-            lines.pop(0)  # RFC 9112 lets a client send empty lines before a request
-        parts = lines[0].split(" ") if lines else []
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise _BadRequest("malformed request line")
-        self.method, target, self.version = parts[0].upper(), parts[1], parts[2]
-        self.path, _, self.query = target.partition("?")
-        self.headers: list[tuple[str, str]] = []
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip() or line[0] in " \t":
-                raise _BadRequest("malformed header line")
-            self.headers.append((name, value.strip()))
-
-    def get(self, name: str) -> str | None:
-        wanted = name.lower()
-        return next((v for k, v in self.headers if k.lower() == wanted), None)
-
-
-class _Body:
-    """A request body read from the socket, for Content-Length or chunked framing."""
-
-    def __init__(self, reader: asyncio.StreamReader, head: _Head) -> None:
-        self._reader = reader
-        self._chunked = "chunked" in (head.get("Transfer-Encoding") or "").lower()
-        length = head.get("Content-Length")
-        self._remaining = 0
-        if not self._chunked and length is not None:
-            if not length.strip().isdigit():
-                raise _BadRequest("invalid Content-Length")
-            self._remaining = int(length)
-        self._done = not self._chunked and self._remaining == 0
-
-    def __aiter__(self) -> _Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self.read(_IO_SIZE)
-        if not data:
-            raise StopAsyncIteration
-        return data
+class _Body(BodyReader):
+    """A request body in the errors the emulator's handlers expect."""
 
     async def read(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes; ``b""`` once the body is complete."""
-        if self._done:
-            return b""
-        if self._chunked and self._remaining == 0:
-            await self._next_chunk()
-            if self._done:
-                return b""
-        data = await self._reader.read(min(limit, self._remaining))
-        if not data:
-            raise ClientDisconnected("connection closed inside the request body")
-        self._remaining -= len(data)
-        if self._remaining == 0:
-            if self._chunked:
-                if await self._line() != b"\r\n":
-                    raise _BadRequest("chunk not followed by CRLF")
-            else:
-                self._done = True
-        return data
-
-    async def _line(self) -> bytes:
-        # Framing errors end the exchange; they are the client's fault, not the emulator's.
         try:
-            return await self._reader.readuntil(b"\r\n")
-        except asyncio.IncompleteReadError:
-            raise ClientDisconnected("connection closed inside the request body") from None
-        except asyncio.LimitOverrunError:
-            raise _BadRequest("chunk size or trailer line too long") from None
-
-    async def drain(self) -> None:
-        """Read and drop whatever the handler left unread."""
-        while await self.read(_IO_SIZE):
-            pass
-
-    async def _next_chunk(self) -> None:
-        line = await self._line()
-        try:
-            size = int(line[:-2].split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _BadRequest("invalid chunk size") from None
-        if size == 0:
-            while await self._line() != b"\r\n":
-                pass  # trailer fields carry nothing the emulator uses
-            self._done = True
-        self._remaining = size
-
-
-def _head_bytes(response: Response, keep_alive: bool) -> bytes:
-    lines = [f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Status')}"]
-    lines += [f"{name}: {value}" for name, value in response.headers]
-    if response.status not in _NO_BODY_STATUSES:
-        lines.append(f"Content-Length: {response.content_length}")
-    lines.append(f"Connection: {'keep-alive' if keep_alive else 'close'}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            return await super().read(limit)
+        except MalformedRequest as exc:
+            raise _BadBody(exc.status, exc.message) from None
+        except ClientGone as exc:
+            raise ClientDisconnected(str(exc)) from None
 
 
 class _Loopback:
@@ -288,46 +203,29 @@ class _Loopback:
     async def _connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            while await self._exchange(reader, writer):
-                pass
-        except _BadRequest as exc:
-            with contextlib.suppress(ConnectionError):
-                await self._send(writer, Response(400, body=str(exc).encode()), False)
-        except (ConnectionError, asyncio.IncompleteReadError, ClientDisconnected, _Dropped):
-            pass  # the peer went away, or a fault cut the connection on purpose
-        except asyncio.CancelledError:
-            # Only stop() cancels these tasks. asyncio's stream protocol reads the result of
-            # the connection task, and a cancelled one would be reported as an error.
-            pass
-        except Exception:  # a bug: keep the traceback for the tests to see
-            self.app.record_error(traceback.format_exc())
-        finally:
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
+        exchange = functools.partial(self._exchange, reader, writer)
+        await serve_connection(writer, exchange, on_bug=self.app.record_error, tasks=self._tasks)
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return False  # closed between requests
-        except asyncio.LimitOverrunError:
-            await self._send(writer, Response(431), False)
+            head = await read_head(reader, _MAX_HEAD)
+            if head is None:
+                return False  # closed between requests
+            body = _Body(reader, head)
+            if head.expects_continue:
+                writer.write(CONTINUE)
+            host = head.get("Host") or f"{self.host}:{self.port}"
+            origin = f"http://{host}"
+            request = Request(head.method, head.path, head.query, head.headers, body, origin)
+            response = await self.app.handle(request)
+            await body.drain()
+        except MalformedRequest as exc:
+            with contextlib.suppress(ConnectionError):
+                await self._send(writer, Response(exc.status, body=exc.message.encode()), False)
             return False
-        head = _Head(raw)
-        body = _Body(reader, head)
-        if (head.get("Expect") or "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        host = head.get("Host") or f"{self.host}:{self.port}"
-        request = Request(head.method, head.path, head.query, head.headers, body, f"http://{host}")
-        response = await self.app.handle(request)
-        await body.drain()
-        connection = (head.get("Connection") or "").lower()
-        keep_alive = head.version == "HTTP/1.1" and "close" not in connection
+        except ClientDisconnected:
+            return False
+        keep_alive = head.keep_alive
         await self._send(writer, response, keep_alive, head_only=head.method == "HEAD")
         return keep_alive
 
@@ -339,25 +237,25 @@ class _Loopback:
         *,
         head_only: bool = False,
     ) -> None:
-        writer.write(_head_bytes(response, keep_alive))
+        headers = list(response.headers)
+        if response.status not in _NO_BODY_STATUSES:
+            headers.append(("Content-Length", str(response.content_length)))
+        headers.append(("Connection", "keep-alive" if keep_alive else "close"))
+        writer.write(response_head(response.status, headers))
         if head_only or response.status in _NO_BODY_STATUSES:
             await writer.drain()
             return
         cut = response.cut_after
-        sent = 0
+        # The emulator cuts only a body longer than the allowance; one that fits goes out
+        # whole on a connection that stays open.
+        if cut is not None and cut >= response.content_length:
+            cut = None
+        body = BodyWriter(writer, allowance=cut)
+        await body.start()
         async with contextlib.aclosing(response.iter_body()) as chunks:
             async for chunk in chunks:
-                if cut is not None and sent + len(chunk) > cut:
-                    if cut > sent:
-                        writer.write(chunk[: cut - sent])
-                    # close() sends what is buffered before the FIN; the client sees a body
-                    # shorter than its Content-Length.
-                    writer.close()
-                    raise _Dropped
-                writer.write(chunk)
-                sent += len(chunk)
-                await writer.drain()
-        await writer.drain()
+                await body.write(chunk)
+        await body.finish()
 
 
 class EmulatorServer:
