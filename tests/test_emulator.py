@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from dicomweb_async import (
     RetryPolicy,
     TransportError,
 )
+from dicomweb_async._core.multipart_writer import dataset_bytes
 from dicomweb_async.testing import AzureDicomEmulator, EmulatorServer, RecordedRequest
 
 STUDY = "1.2.826.0.1.3680043.8.498.13230779778012324449356534479549187420"
@@ -99,9 +99,7 @@ def _variant(path: Path, change: Callable[[pydicom.Dataset], None]) -> bytes:
     ds = pydicom.dcmread(path)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     change(ds)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dataset_bytes(ds)
 
 
 async def _wait_for_operation(http: httpx.AsyncClient, href: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pydicom
@@ -17,6 +16,7 @@ from pydicom.uid import (
 )
 
 from dicomweb_async._core.identity import read_uids
+from dicomweb_async._core.multipart_writer import dataset_bytes
 
 STUDY, SERIES, SOP = "1.2.826.0.1.99.1", "1.2.826.0.1.99.1.2", "1.2.826.0.1.99.1.2.3"
 
@@ -39,9 +39,7 @@ def _encode(syntax: str, *, with_sequence: bool = False, private_text: int = 0) 
     ds.file_meta.TransferSyntaxUID = syntax
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = SOP
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    return dataset_bytes(ds)
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])

@@ -20,6 +20,7 @@ import pydicom
 import pytest
 import trio
 
+from dicomweb_async._core.multipart_writer import dataset_bytes
 from tests.loopback_server import (
     DUPLICATE_INSTANCE,
     PROCESSING_FAILURE,
@@ -239,9 +240,7 @@ def test_broken_chunked_framing_answers_400_and_closes(server: LoopbackServer) -
 def test_stow_implicit_vr_instance(server: LoopbackServer, client: httpx.Client) -> None:
     ds = pydicom.dcmread(SEED_FILES[2])
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    data = buffer.getvalue()
+    data = dataset_bytes(ds)
     response = client.post(
         f"{server.url}/studies/{STUDY}", content=multipart_body([data]), headers=stow_headers()
     )

@@ -17,6 +17,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from dicomweb_async import AsyncDICOMwebClient, FailureReason, NotAcceptableError, RetryPolicy
 from dicomweb_async._core.implicit_vr import to_explicit_vr
+from dicomweb_async._core.multipart_writer import dataset_bytes
 from tests.loopback_server import LoopbackServer
 
 BASE = "http://127.0.0.1:8042/v2"
@@ -58,9 +59,7 @@ def implicit_file(tmp_path: Path, seed_files: list[Path]) -> Path:
     ds = pydicom.dcmread(next(p for p in seed_files if p.name == "red-triangle.dcm"))
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     path = tmp_path / "implicit.dcm"
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True, enforce_file_format=True)
-    path.write_bytes(buf.getvalue())
+    path.write_bytes(dataset_bytes(ds))
     return path
 
 

@@ -7,10 +7,10 @@ message; converting re-encodes the file (it is read whole, unlike other uploads)
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from .media import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from .multipart_writer import dataset_bytes
 
 __all__ = ["IMPLICIT_VR_MESSAGE", "file_transfer_syntax", "is_implicit_vr", "to_explicit_vr"]
 
@@ -45,6 +45,4 @@ def to_explicit_vr(path: Path) -> bytes:
 
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    return buf.getvalue()
+    return dataset_bytes(ds)

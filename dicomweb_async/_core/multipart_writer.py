@@ -78,12 +78,40 @@ def dataset_bytes(dataset: Dataset) -> bytes:
     if meta is None or not meta.get("TransferSyntaxUID"):
         # A shallow copy shares the elements but not file_meta, so the caller's dataset
         # keeps whatever meta it had.
-        new_meta = copy.deepcopy(meta) if meta is not None else FileMetaDataset()
+        # pydicom 2 deep-copies a FileMetaDataset into a plain Dataset.
+        new_meta = FileMetaDataset(copy.deepcopy(meta)) if meta is not None else FileMetaDataset()
         new_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         dataset = copy.copy(dataset)
         dataset.file_meta = new_meta
-    pydicom.dcmwrite(buf, dataset, enforce_file_format=True)
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        _write_with_pydicom_2(buf, dataset)
+    else:
+        pydicom.dcmwrite(buf, dataset, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _write_with_pydicom_2(buf: io.BytesIO, dataset: Dataset) -> None:
+    """What ``dcmwrite(buf, dataset, enforce_file_format=True)`` does in pydicom 3.
+
+    pydicom 2 encodes by ``is_implicit_VR`` and ``is_little_endian`` rather than by the
+    transfer syntax (a file read as implicit VR stays implicit whatever the meta says), and
+    completes the file meta in place. So the encoding is set from a standard transfer syntax
+    and the meta swapped for a copy while writing, then both are put back. The dataset is
+    not copied: pydicom 2 warns when copying one read from a file-like object.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    saved = dataset.is_implicit_VR, dataset.is_little_endian, dataset.file_meta
+    syntax = dataset.file_meta.TransferSyntaxUID
+    try:
+        dataset.file_meta = FileMetaDataset(copy.deepcopy(dataset.file_meta))
+        if not syntax.is_private and syntax.is_transfer_syntax:
+            dataset.is_implicit_VR = syntax.is_implicit_VR
+            dataset.is_little_endian = syntax.is_little_endian
+        pydicom.dcmwrite(buf, dataset, write_like_original=False)
+    finally:
+        dataset.is_implicit_VR, dataset.is_little_endian, dataset.file_meta = saved
 
 
 def body_part(item: StoreItem) -> BodyPart:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..._core.multipart_writer import dataset_bytes
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -179,9 +181,9 @@ def _filtered(ds: Dataset) -> Dataset:
     from pydicom.sequence import Sequence
 
     out = Dataset()
-    # Tags, not elements: iterating a Dataset would read deferred values such as pixel data.
-    for tag in list(ds.keys()):
-        vr = getattr(ds.get_item(tag, keep_deferred=True), "VR", None)
+    # The items view, not iteration, which would read deferred values such as pixel data.
+    for tag, stored in list(ds.items()):
+        vr = getattr(stored, "VR", None)
         if vr in BINARY_VRS:
             continue
         element = ds[tag]
@@ -196,7 +198,9 @@ def _filtered(ds: Dataset) -> Dataset:
 def _frame_layout(ds: Dataset, syntax: str) -> FrameLayout | None:
     if _PIXEL_DATA not in ds or syntax not in _NATIVE_SYNTAXES:
         return None
-    raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    # pydicom 3's get_item(tag, keep_deferred=True) would do, but pydicom 2's get_item
+    # reads a deferred value; the items view holds the element as read in both.
+    raw = next((element for tag, element in ds.items() if tag == _PIXEL_DATA), None)
     offset = getattr(raw, "value_tell", None)
     length = getattr(raw, "length", None)
     if not isinstance(offset, int) or not isinstance(length, int):
@@ -350,6 +354,4 @@ def apply_changes(source: bytes | Path, change: JSONDict) -> bytes:
     ds = _read(source, defer=False)
     for element in Dataset.from_json(change):
         ds[element.tag] = element
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dataset_bytes(ds)
