@@ -137,7 +137,9 @@ def _present_as_public(namespace: dict[str, object], module: str) -> None:
     assert isinstance(names, list)
     for name in names:
         obj = namespace[name]
-        if isinstance(obj, type) or _inspect.isfunction(obj):
+        # issubclass(type(obj), type), not isinstance(obj, type): on Python 3.10 a generic
+        # alias such as ProgressCallback passes the latter, and its __module__ is read-only.
+        if issubclass(type(obj), type) or _inspect.isfunction(obj):
             obj.__module__ = module
 
 

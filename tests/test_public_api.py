@@ -224,7 +224,8 @@ def test_public_classes_and_functions_name_the_public_module(module_name: str) -
     shown = {
         name: getattr(module, name).__module__
         for name in module.__all__
-        if inspect.isclass(getattr(module, name)) or inspect.isfunction(getattr(module, name))
+        if issubclass(type(getattr(module, name)), type)
+        or inspect.isfunction(getattr(module, name))
     }
     assert shown
     assert {name: where for name, where in shown.items() if where != module_name} == {}

@@ -16,7 +16,7 @@ import respx
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dicomweb_async import AsyncDICOMwebClient, FailureReason, NotAcceptableError, RetryPolicy
-from dicomweb_async._core.implicit_vr import to_explicit_vr
+from dicomweb_async._bulk.implicit_vr import to_explicit_vr
 from dicomweb_async._core.multipart_writer import dataset_bytes
 from tests.loopback_server import LoopbackServer
 

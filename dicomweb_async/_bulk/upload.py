@@ -22,12 +22,13 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.exceptions import DICOMwebError
-from .._core.implicit_vr import IMPLICIT_VR_MESSAGE, is_implicit_vr, to_explicit_vr
+from .._core.implicit_vr import IMPLICIT_VR_MESSAGE, is_implicit_vr
 from .._core.multipart_writer import BodyPart
 from .._core.retry import RetryPolicy
 from .._core.store_result import FailureReason
 from .._services import stow as _stow
 from .._transport.transport import Transport
+from .implicit_vr import to_explicit_vr
 from .journal import Journal, JournalEntry
 from .pipeline import Pipeline
 from .progress import ProgressCallback, ProgressTracker
