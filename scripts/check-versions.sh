@@ -25,18 +25,8 @@ unset PYTHONPATH
 
 say() { printf 'check-versions.sh: %s\n' "$*" >&2; }
 
-# Runs a chatty command silently, but shows everything it printed if it fails.
-quietly() {
-    local log status=0
-    log="$(mktemp)"
-    "$@" >"$log" 2>&1 || status=$?
-    if [[ $status -ne 0 ]]; then
-        cat "$log" >&2
-        say "failed (exit $status): $*"
-    fi
-    rm -f "$log"
-    return "$status"
-}
+# shellcheck source=scripts/quietly.sh
+source "$repo_root/scripts/quietly.sh"
 
 # Prints the path of a Python $1 (e.g. 3.10) interpreter, or fails saying so. $2 is a path to
 # try first (may be empty), $3 the variable it came from.

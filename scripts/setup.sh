@@ -24,18 +24,8 @@ as_root() {
     fi
 }
 
-# Runs a chatty command silently, but shows everything it printed if it fails.
-quietly() {
-    local log status=0
-    log="$(mktemp)"
-    "$@" >"$log" 2>&1 || status=$?
-    if [[ $status -ne 0 ]]; then
-        cat "$log" >&2
-        say "failed (exit $status): $*"
-    fi
-    rm -f "$log"
-    return "$status"
-}
+# shellcheck source=scripts/quietly.sh
+source "$repo_root/scripts/quietly.sh"
 
 remove_policy_rc() {
     as_root rm -f "$POLICY_RC"
