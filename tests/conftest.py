@@ -82,3 +82,47 @@ def seed_dir() -> Path:
 def seed_files(seed_dir: Path) -> list[Path]:
     """The three seed DICOM files, sorted by path."""
     return sorted(seed_dir / name for name in SEED_NAMES)
+
+
+# -- HTTP engines -----------------------------------------------------------------------------
+
+_ENGINE_VAR = "DICOMWEB_ASYNC_ENGINE"
+ENGINES = ("aiohttp", "httpcore")
+# respx intercepts httpcore, so the wire-format tests that use it run on that engine.
+_RESPX_MODULES = frozenset(
+    {
+        "test_wire",
+        "test_azure_admin",
+        "test_azure_client",
+        "test_changefeed",
+        "test_conformance_collection",
+        "test_server_quirks",
+    }
+)
+# Real transfers over loopback sockets (streaming, truncation, replay after 401 and 503,
+# dropped connections, TLS, cancellation, bulk transfer, kill and resume) run on every engine.
+_EVERY_ENGINE_MODULES = frozenset(
+    {"test_streaming", "test_bulk_upload", "test_bulk_download", "test_kill_resume"}
+)
+
+
+def _module_name(module: object) -> str:
+    return str(getattr(module, "__name__", "")).rsplit(".", 1)[-1]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if _module_name(metafunc.module) in _EVERY_ENGINE_MODULES:
+        metafunc.parametrize("engine", ENGINES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The engine that ``engine="auto"`` stands for in this test (None: the usual choice)."""
+    chosen: str | None = getattr(request, "param", None)
+    if chosen is None and _module_name(request.module) in _RESPX_MODULES:
+        chosen = "httpcore"
+    if chosen is None:
+        monkeypatch.delenv(_ENGINE_VAR, raising=False)
+    else:
+        monkeypatch.setenv(_ENGINE_VAR, chosen)
+    return chosen

@@ -566,8 +566,9 @@ async def test_store_instances_memory_stays_flat(server: LoopbackServer, tmp_pat
 
 
 def pool_backend(client: AsyncDICOMwebClient) -> object:
-    # Every shard of the client's transport gets the same backend type; look at the first.
-    transport = client.http_client._transport  # type: ignore[attr-defined]
+    # Every shard of the httpcore engine gets the same backend type; look at the first.
+    engines = client.http_client._transport  # type: ignore[attr-defined]
+    transport = engines.transport_for(httpx.URL(client.base_url))
     return transport.shards[0]._pool._network_backend
 
 
@@ -577,7 +578,9 @@ async def test_large_reads_backend_is_installed_only_when_asked(
 ) -> None:
     sops = server.add_synthetic_study(STUDY, 3, 3 * MIB)
     target = tmp_path / "download"
-    async with AsyncDICOMwebClient(server.url, large_reads=large_reads) as client:
+    async with AsyncDICOMwebClient(
+        server.url, large_reads=large_reads, engine="httpcore"
+    ) as client:
         assert isinstance(pool_backend(client), LargeReadBackend) is large_reads
         saved = await client.download_study(STUDY, target)
     assert [item.sop_instance_uid for item in saved] == sops
@@ -586,7 +589,7 @@ async def test_large_reads_backend_is_installed_only_when_asked(
 
 
 async def test_large_reads_are_the_default(server: LoopbackServer) -> None:
-    async with AsyncDICOMwebClient(server.url) as client:
+    async with AsyncDICOMwebClient(server.url, engine="httpcore") as client:
         assert isinstance(pool_backend(client), LargeReadBackend)
 
 
@@ -643,7 +646,7 @@ async def test_large_reads_survive_start_tls(server: LoopbackServer, tmp_path: P
         # And a whole download over https through the client's own pool.
         target = tmp_path / "download"
         url = f"https://127.0.0.1:{relay.port}"
-        async with AsyncDICOMwebClient(url, verify=client_context) as client:
+        async with AsyncDICOMwebClient(url, verify=client_context, engine="httpcore") as client:
             assert isinstance(pool_backend(client), LargeReadBackend)
             saved = await client.download_study(STUDY, target)
     assert [item.sop_instance_uid for item in saved] == sops

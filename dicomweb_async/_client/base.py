@@ -15,6 +15,7 @@ from .._services import qido as _qido
 from .._services import wado as _wado
 from .._services.wado import ReaderLimits
 from .._transport.auth import BearerAuth
+from .._transport.engines import Engine, check_engine
 from .._transport.parts import PartStream
 from .._transport.transport import Transport, make_http_client
 
@@ -74,6 +75,8 @@ class ClientBase:
         original_on_406: bool = False,
         max_page_size: int | None = None,
         reject_implicit_vr: bool = False,
+        engine: Engine = "auto",
+        trust_env: bool = True,
     ):
         self.base_url = base_url.rstrip("/")
         built_auth = _build_auth(auth)
@@ -85,6 +88,8 @@ class ClientBase:
                 verify=verify,
                 max_connections=max_connections,
                 large_reads=large_reads,
+                engine=check_engine(engine),
+                trust_env=trust_env,
             )
             owns = True
         else:

@@ -38,8 +38,8 @@ class AsyncDICOMwebClient(SearchMethods, RetrieveMethods, DownloadMethods, Store
     retry : RetryPolicy, optional
         When to retry transient failures (429, 502, 503, 504, dropped connections).
     large_reads : bool
-        Read the socket in 1 MiB pieces instead of httpx's 64 KiB (faster downloads);
-        applies only to the client created here.
+        httpcore engine: read the socket in 1 MiB pieces instead of httpx's 64 KiB
+        (faster downloads); applies only to the client created here.
     reader_limits : ReaderLimits, optional
         Limits on multipart responses (header size and count, number of parts).
     original_on_406 : bool
@@ -51,6 +51,14 @@ class AsyncDICOMwebClient(SearchMethods, RetrieveMethods, DownloadMethods, Store
     reject_implicit_vr : bool
         Refuse, before upload, files in implicit VR little endian, which some servers
         (Azure) reject; ``store_folder`` can convert them instead.
+    engine : {"auto", "aiohttp", "httpcore"}
+        The HTTP engine under httpx in the client created here: ``"auto"`` takes aiohttp
+        on asyncio (the fastest) and httpcore on trio; the environment variable
+        ``DICOMWEB_ASYNC_ENGINE`` can say which ``"auto"`` means.
+    trust_env : bool
+        Take proxies from ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and
+        ``NO_PROXY`` (and, as httpx does, certificate and ``.netrc`` settings), on every
+        engine.
 
     Examples
     --------

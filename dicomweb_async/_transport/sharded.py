@@ -94,6 +94,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         Passed to every inner transport (certificate locations from the environment).
     large_reads : bool
         Whether every pool gets the large-read network backend of ``_network``.
+    proxy : str, optional
+        Send every request through this proxy.
 
     Raises
     ------
@@ -109,6 +111,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         shard_size: int = DEFAULT_SHARD_SIZE,
         trust_env: bool = True,
         large_reads: bool = True,
+        proxy: str | None = None,
     ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
@@ -117,7 +120,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             raise ValueError(f"max_connections must be at least 1, got {total}")
         shard_limits = self._shard_limits(limits, shard_size)
         self._shards = tuple(
-            httpx.AsyncHTTPTransport(verify=verify, limits=each, trust_env=trust_env)
+            httpx.AsyncHTTPTransport(verify=verify, limits=each, trust_env=trust_env, proxy=proxy)
             for each in shard_limits
         )
         if large_reads:

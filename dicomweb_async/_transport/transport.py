@@ -9,6 +9,7 @@ its parameters; the services, bulk transfer and Azure modules talk to this class
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 
 from .._core.exceptions import DICOMwebError, TimeoutError, TransportError, status_error_class
 from .._core.retry import RetryPolicy
-from .sharded import ShardedTransport
+from .engines import EngineTransport
 
 __all__ = ["Body", "Response", "Transport", "make_http_client", "translate_error"]
 
@@ -41,24 +42,30 @@ def make_http_client(
     verify: Any,
     max_connections: int,
     large_reads: bool = True,
+    engine: str = "auto",
+    trust_env: bool = True,
 ) -> httpx.AsyncClient:
     """Create the ``httpx.AsyncClient`` that an :class:`AsyncDICOMwebClient` owns.
 
-    Connections are split over small pools (see ``_sharded``), each with the large-read
-    network backend (see ``_network``) unless ``large_reads`` is False. TLS verification is
-    httpx's own. Proxies from the environment are not used by this client (httpx ignores
-    them when given a transport); pass an ``http_client`` configured with a proxy instead.
+    Requests go through the engine chosen for the running event loop (see ``engines``):
+    aiohttp on asyncio, or httpcore split over small pools (``sharded``) with the
+    large-read network backend (``network``) unless ``large_reads`` is False. TLS
+    verification is httpx's own; with ``trust_env`` proxies come from the environment,
+    as httpx would take them.
     """
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    transport = ShardedTransport(verify=verify, limits=limits, large_reads=large_reads)
+    transport = EngineTransport(
+        engine, verify=verify, limits=limits, large_reads=large_reads, trust_env=trust_env
+    )
     return httpx.AsyncClient(
         auth=auth,
         headers=headers,
         timeout=timeout,
         transport=transport,
         follow_redirects=False,
+        trust_env=trust_env,
     )
 
 
@@ -199,6 +206,10 @@ class Transport:
             attempt += 1
             try:
                 response = await self.client.send(request, stream=True)
+            except ssl.SSLError as exc:
+                # httpcore 1.0.0 lets certificate errors through unwrapped; a failed
+                # verification is not worth a retry.
+                raise translate_error(exc, method, request.url) from exc
             except httpx.HTTPError as exc:
                 if replayable and not once and self.retry.should_retry_error(attempt):
                     delay = self.retry.delay(attempt)

@@ -102,7 +102,8 @@ class RequestHead:
     target : str
         The request target as sent.
     path : str
-        The target before ``?``, still percent-encoded.
+        The target before ``?``, still percent-encoded; for an absolute-form target
+        (``http://host/path``, as sent to a proxy) the part after the authority.
     query : str
         The target after ``?`` (empty without one).
     version : str
@@ -193,6 +194,10 @@ def parse_head(raw: bytes) -> RequestHead:
             raise MalformedRequest(400, f"control character in header {name}")
         headers.append((name, value.strip()))
     path, _, query = target.partition("?")
+    # A server must accept the absolute form as well (RFC 9112, section 3.2.2).
+    scheme, sep, rest = path.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        path = "/" + rest.partition("/")[2]
     return RequestHead(method.upper(), target, path, query, version, headers)
 
 

@@ -1,0 +1,225 @@
+"""An httpx transport that sends requests with aiohttp, for the client's own pool on asyncio.
+
+httpx stays the interface (auth flows, timeouts, headers, the response object); aiohttp
+moves the bytes. On this kind of workload it costs about a third of httpcore's CPU per
+small request and reads large responses without httpcore's 64 KiB steps. aiohttp runs on
+asyncio only, so the engine choice (``engines.py``) keeps trio on httpcore.
+
+What httpx users expect is kept:
+
+* aiohttp's errors become httpx's (connect, read and write timeouts, a connection closed
+  early, proxy failures), which the transport layer then maps to the package's own;
+* the write timeout bounds each wait for the next piece of a request body (aiohttp has
+  none of its own); the last piece's send is covered by the read timeout instead;
+* bodies are neither compressed nor decompressed here: httpx decodes
+  ``Content-Encoding`` itself, as with its own transport;
+* proxies come from :class:`~.proxies.ProxyRules`, as httpx reads them from the
+  environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+import httpx
+
+from .proxies import ProxyRules
+
+__all__ = ["AiohttpTransport"]
+
+#: aiohttp's buffer for each response: flow control pauses the socket above it.
+READ_BUFFER = 1024 * 1024
+
+
+@contextmanager
+def _mapped_errors(request: httpx.Request, *, reading: bool) -> Iterator[None]:
+    """Re-raise aiohttp's exceptions as the httpx exceptions they correspond to."""
+    try:
+        yield
+    except httpx.HTTPError:
+        raise
+    except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
+        raise httpx.ProxyError(str(exc) or type(exc).__name__, request=request) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
+    except (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+        raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        raise httpx.RemoteProtocolError(
+            str(exc) or "the server closed the connection", request=request
+        ) from exc
+    except aiohttp.ClientResponseError as exc:  # a malformed status line or header
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        kind = httpx.ReadError if reading else httpx.WriteError
+        raise kind(str(exc) or type(exc).__name__, request=request) from exc
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """Take the bytes still buffered in ``content`` (a private deque of aiohttp's)."""
+    buffer = getattr(content, "_buffer", None)
+    if not buffer:
+        return b""
+    # The first piece may have been read in part already.
+    offset = getattr(content, "_buffer_offset", 0)
+    data = bytes(buffer[0])[offset:] + b"".join(bytes(piece) for piece in list(buffer)[1:])
+    buffer.clear()
+    content._buffer_offset = 0
+    return data
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body read from aiohttp as it arrives, in whatever pieces are buffered."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        with _mapped_errors(self._request, reading=True):
+            while True:
+                try:
+                    chunk = await content.readany()
+                except Exception:
+                    # aiohttp raises a connection error before handing over bytes that
+                    # arrived ahead of it; those are real data (a complete instance, say),
+                    # so they are passed on first, as httpcore does.
+                    left = _buffered(content)
+                    if left:
+                        yield left
+                    raise
+                if not chunk:
+                    return
+                yield chunk
+
+    async def aclose(self) -> None:
+        # A body read to its end lets the connection go back to the pool; anything else
+        # leaves unread bytes on it, so it is closed.
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """Send httpx requests with one ``aiohttp.ClientSession``, created on first use.
+
+    Parameters
+    ----------
+    verify : bool, str or ssl.SSLContext
+        TLS verification, as in httpx (a CA bundle path, a context, or False).
+    limits : httpx.Limits
+        ``max_connections`` bounds the connections open at once (None: no bound) and
+        ``keepalive_expiry`` how long an idle one is kept.
+    proxies : ProxyRules
+        Where requests go through a proxy.
+    """
+
+    def __init__(
+        self,
+        *,
+        verify: Any = True,
+        limits: httpx.Limits,
+        proxies: ProxyRules | None = None,
+    ) -> None:
+        if verify is False:
+            self._ssl: ssl.SSLContext | bool = False
+        elif isinstance(verify, ssl.SSLContext):
+            self._ssl = verify
+        else:
+            self._ssl = httpx.create_ssl_context(verify=verify)
+        self._limits = limits
+        self._proxies = proxies or ProxyRules()
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            limits = self._limits
+            connector = aiohttp.TCPConnector(
+                limit=limits.max_connections or 0,
+                keepalive_timeout=limits.keepalive_expiry,
+                ssl=self._ssl,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # httpx decodes Content-Encoding itself, and its headers say what to accept.
+                auto_decompress=False,
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                read_bufsize=READ_BUFFER,
+                timeout=aiohttp.ClientTimeout(total=None),
+                # The proxies are chosen here (ProxyRules), not read again by aiohttp.
+                trust_env=False,
+            )
+        return self._session
+
+    @staticmethod
+    def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
+        given = request.extensions.get("timeout", {})
+        connect, pool = given.get("connect"), given.get("pool")
+        # aiohttp's connect timeout covers waiting for a pooled connection and making one.
+        acquire = None if connect is None or pool is None else connect + pool
+        return aiohttp.ClientTimeout(
+            total=None, connect=acquire, sock_connect=connect, sock_read=given.get("read")
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and return its response with the body unread."""
+        session = self._get_session()
+        write_timeout = request.extensions.get("timeout", {}).get("write")
+        watchdog = anyio.CancelScope()
+        stream = request.stream
+        data: bytes | AsyncIterator[bytes]
+        if isinstance(stream, httpx.ByteStream):
+            data = b"".join(stream)
+        else:
+            assert isinstance(stream, httpx.AsyncByteStream)
+
+            async def body() -> AsyncIterator[bytes]:
+                async for chunk in stream:
+                    if write_timeout is not None:
+                        watchdog.deadline = anyio.current_time() + write_timeout
+                    yield chunk
+                watchdog.deadline = math.inf
+
+            data = body()
+        url = request.url
+        proxy = self._proxies.proxy_for(url.scheme, url.host)
+        with _mapped_errors(request, reading=False), watchdog:
+            response = await session.request(
+                request.method,
+                str(url),
+                headers=request.headers.multi_items(),
+                data=data,
+                allow_redirects=False,
+                timeout=self._timeout(request),
+                proxy=proxy,
+            )
+        if watchdog.cancelled_caught:
+            raise httpx.WriteTimeout("timed out sending the request body", request=request)
+        return httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=_ResponseStream(response, request),
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode("ascii", "replace"),
+            },
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        """Close the session and its connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
