@@ -235,7 +235,8 @@ class Outcome:
     seconds: float
     instances: int | None = None
     bytes: int | None = None
-    rss_of_children: bool = False
+    rss_of_children: bool = False  # the work ran in a program the case started
+    rss_mib: float | None = None  # that program's own peak, when known
 
 
 def timed(func: Callable[[], tuple[int | None, int | None]]) -> Outcome:
@@ -246,10 +247,43 @@ def timed(func: Callable[[], tuple[int | None, int | None]]) -> Outcome:
 
 
 def peak_rss_mib(children: bool = False) -> float:
-    """Peak resident set size of this process (or of its waited-for children)."""
+    """Peak resident set size of this process (or of its waited-for children).
+
+    On Linux a process's ``ru_maxrss`` starts from the peak of the process it was started
+    from (the kernel carries the old image's high-water mark across ``exec``), so a child
+    of a parent that peaked at 49 MiB reports at least 49 MiB. ``VmHWM`` in
+    ``/proc/self/status`` belongs to the current image only; ``ru_maxrss`` is the fallback.
+    """
+    if not children:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MIB  # kB
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     kib = resource.getrusage(who).ru_maxrss  # KiB on Linux
     return kib * 1024 / MIB
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def run_program(
+    command: Sequence[str], capture: bool = False
+) -> tuple[subprocess.CompletedProcess[str], float | None]:
+    """Run a program (``check=True``); also its own peak RSS in MiB, or None.
+
+    A program started from Python would report Python's peak too (see
+    :func:`peak_rss_mib`), so it runs under GNU time, which forks it from a small process
+    and reports its ``%M``. Without ``/usr/bin/time`` the peak is None and the caller falls
+    back to ``RUSAGE_CHILDREN``.
+    """
+    if not os.access(GNU_TIME, os.X_OK):
+        return subprocess.run(command, check=True, capture_output=capture, text=True), None
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", report.name, *command]
+        done = subprocess.run(wrapped, check=True, capture_output=capture, text=True)
+        kib = int(report.read().split()[-1])
+    return done, kib / 1024
 
 
 def cpu_seconds(children: bool = False) -> float:
@@ -280,7 +314,11 @@ def child_main(
         "seconds": outcome.seconds,
         "instances": outcome.instances,
         "bytes": outcome.bytes,
-        "rss_mib": peak_rss_mib(outcome.rss_of_children),
+        "rss_mib": (
+            outcome.rss_mib
+            if outcome.rss_mib is not None
+            else peak_rss_mib(outcome.rss_of_children)
+        ),
         "cpu_s": cpu,
     }
     print(RESULT_PREFIX + json.dumps(record), flush=True)
@@ -510,8 +548,12 @@ _PACKAGES = (
 )
 
 
-def describe_python(python: str | None = None) -> str:
-    """One line about an interpreter: where it lives, what it has installed."""
+def describe_python(python: str | None = None, *, package: bool = True) -> str:
+    """One line about an interpreter: where it lives, what it has installed.
+
+    With ``package``, also where ``dicomweb_async`` is imported from (from the repository
+    root, as the cases run, the checkout comes before site-packages).
+    """
     command = [python or sys.executable, "-c", _DESCRIBE % (_PACKAGES,)]
     try:
         done = subprocess.run(
@@ -524,7 +566,7 @@ def describe_python(python: str | None = None) -> str:
     parts += [f"{name} {version}" for name, version in info["versions"].items()]
     present = info["present"]
     parts.append("with " + ", ".join(present) if present else "no sniffio, numpy or aiohttp")
-    if info["dicomweb_async"]:
+    if package and info["dicomweb_async"]:
         parts.append(f"dicomweb_async imported from {Path(info['dicomweb_async']).parent}")
     return ", ".join(parts)
 
@@ -539,5 +581,5 @@ def environment(peers_python: str | None = None) -> str:
         lines[0] += f", curl {first[1]}"
     lines.append(f"dicomweb-async, bare httpx, server: {describe_python()}")
     if peers_python is not None:
-        lines.append(f"peers: {describe_python(peers_python)}")
+        lines.append(f"peers: {describe_python(peers_python, package=False)}")
     return "\n".join(lines)

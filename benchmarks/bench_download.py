@@ -13,7 +13,6 @@ dicomweb-client, requests and aiohttp cases run in ``--peers-python`` when it is
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -207,15 +206,17 @@ def case_bare_aiohttp(spec: Spec) -> Outcome:
 
 def case_curl(spec: Spec) -> Outcome:
     out = Path(spec["out"])
+    peak: list[float | None] = []
 
     def main() -> tuple[None, int]:
         out.parent.mkdir(parents=True, exist_ok=True)
         command = ["curl", "-s", "-f", "-o", str(out), "-H", f"Accept: {ACCEPT}"]
-        subprocess.run([*command, _study_url(spec)], check=True)
+        peak.append(common.run_program([*command, _study_url(spec)])[1])
         return None, out.stat().st_size
 
     outcome = common.timed(main)
     outcome.rss_of_children = True
+    outcome.rss_mib = peak[0]
     return outcome
 
 

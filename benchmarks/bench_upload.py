@@ -14,7 +14,6 @@ and aiohttp cases run in ``--peers-python`` when it is given.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -194,12 +193,16 @@ def case_curl(spec: Spec) -> Outcome:
     for _ in range(count):
         command += [url, "-o", "/dev/null"]
 
+    peak: list[float | None] = []
+
     def main() -> tuple[int, None]:
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        done, rss = common.run_program(command, capture=True)
+        peak.append(rss)
         return done.stdout.split().count("200"), None
 
     outcome = common.timed(main)
     outcome.rss_of_children = True
+    outcome.rss_mib = peak[0]
     return outcome
 
 
