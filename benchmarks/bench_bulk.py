@@ -4,27 +4,27 @@ Run from the repository root::
 
     python -m benchmarks.bench_bulk                       # 2,000 x 512 KiB, 20 ms, 3 runs
     python -m benchmarks.bench_bulk --count 200 --repeat 1 --orthanc-count 50   # quick check
-    python -m benchmarks.bench_bulk --cases a,b,c,d       # uploads only
+    python -m benchmarks.bench_bulk --cases a,b,c,d,m     # uploads only
+    python -m benchmarks.bench_bulk --peers-python .venv-peers/bin/python
 
 The loopback server waits ``--latency`` seconds before every response, so one request
-costs at least that long and only concurrency can hide it. Cases (a)-(d) upload a folder
-of files, (e)-(k) download a study of the same size, (l) uploads to a real Orthanc server
-(no injected latency). Every run is a fresh Python process, so each peak RSS is that
-case's own.
+costs at least that long and only concurrency can hide it. Cases (a)-(d) and (m) upload a
+folder of files, (e)-(k) download a study of the same size, (l) uploads to a real Orthanc
+server (no injected latency). Every run is a fresh Python process, so each peak RSS is that
+case's own; the dicomweb-client, requests and aiohttp cases run in ``--peers-python`` when
+it is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import math
 import os
 import statistics
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +47,7 @@ CASES = {
     "b": "(b) dicomweb-client store_instances, sequential",
     "c": "(c) dicomweb-client store_instances, threads",
     "d": "(d) tutorial: requests + hand-built body, threads",
+    "m": "(m) bare aiohttp, hand-built body",
     "e": "(e) dicomweb-async download_studies, 1 series",
     "f": "(f) dicomweb-async download_studies, {series} series",
     "g": "(g) dicomweb-async download_study, 1 series",
@@ -56,27 +57,19 @@ CASES = {
     "k": "(k) dicomweb-client retrieve_instance, threads",
     "l": "(l) dicomweb-async store_folder -> Orthanc",
 }
-UPLOAD = ("a", "b", "c", "d")
+UPLOAD = ("a", "b", "c", "d", "m")
 DOWNLOAD = ("e", "f", "g", "h", "i", "j", "k")
 ORTHANC = ("l",)
 # Cases run at every level of --concurrency; the others at their own natural concurrency.
 SWEPT = {"a", "e", "f", "g", "h", "i"}
-# Modules a case needs, imported before its CPU clock starts.
-IMPORTS = {
-    "dicomweb-async": ("anyio", "httpx", "pydicom", "dicomweb_async"),
-    "dicomweb-client": ("pydicom", "requests", "dicomweb_client"),
-    "tutorial": ("requests", "urllib3.filepost"),
-}
+# Modules a case needs, imported before its CPU clock starts, per family of cases.
+IMPORTS = common.FAMILY_IMPORTS
+# Families that run in `--peers-python`; the dicomweb-async cases take `--engine`.
+PEERS = common.PEER_FAMILIES
 
 
 # --------------------------------------------------------------------------------------------
 # Child side: one case per process
-
-
-def _files(spec: Spec) -> list[Path]:
-    paths = sorted(Path(spec["files"]).glob("*.dcm"))
-    limit = spec.get("limit")
-    return paths[:limit] if limit else paths
 
 
 def _instances(spec: Spec) -> list[tuple[str, str]]:
@@ -90,7 +83,9 @@ def case_store_folder(spec: Spec) -> Outcome:
 
     async def main() -> tuple[int, int]:
         concurrency = spec["concurrency"]
-        async with AsyncDICOMwebClient(spec["url"], max_connections=concurrency) as client:
+        async with AsyncDICOMwebClient(
+            spec["url"], max_connections=concurrency, **common.client_options(spec)
+        ) as client:
             report = await client.store_folder(spec["files"], concurrency=concurrency)
         if report.failed:
             first = report.failed[0]
@@ -104,7 +99,7 @@ def case_dwc_sequential(spec: Spec) -> Outcome:
     import pydicom
     from dicomweb_client import DICOMwebClient
 
-    paths = _files(spec)
+    paths = common.upload_files(spec)
 
     def main() -> tuple[int, None]:
         client = DICOMwebClient(spec["url"])
@@ -132,7 +127,9 @@ def case_download_studies(spec: Spec) -> Outcome:
 
     async def main() -> tuple[int, int]:
         concurrency = spec["concurrency"]
-        async with AsyncDICOMwebClient(spec["url"], max_connections=concurrency) as client:
+        async with AsyncDICOMwebClient(
+            spec["url"], max_connections=concurrency, **common.client_options(spec)
+        ) as client:
             report = await client.download_studies(
                 [spec["study"]], spec["out"], concurrency=concurrency
             )
@@ -149,7 +146,9 @@ def case_download_study(spec: Spec) -> Outcome:
 
     async def main() -> tuple[int, int]:
         concurrency = spec["concurrency"]
-        async with AsyncDICOMwebClient(spec["url"], max_connections=concurrency) as client:
+        async with AsyncDICOMwebClient(
+            spec["url"], max_connections=concurrency, **common.client_options(spec)
+        ) as client:
             saved = await client.download_study(
                 spec["study"], spec["out"], concurrency=concurrency
             )
@@ -165,7 +164,9 @@ def case_download_series(spec: Spec) -> Outcome:
 
     async def main() -> tuple[int, int]:
         concurrency = spec["concurrency"]
-        async with AsyncDICOMwebClient(spec["url"], max_connections=concurrency) as client:
+        async with AsyncDICOMwebClient(
+            spec["url"], max_connections=concurrency, **common.client_options(spec)
+        ) as client:
             saved = await client.download_series(
                 spec["study"], series, spec["out"], concurrency=concurrency
             )
@@ -219,26 +220,26 @@ CHILD_CASES: dict[str, tuple[Callable[[Spec], Outcome], str]] = {
     "j": (case_dwc_iter_study, "dicomweb-client"),
     "k": (case_dwc_retrieve_threads, "dicomweb-client"),
     "l": (case_store_folder, "dicomweb-async"),
+    "m": (common.upload_aiohttp, "aiohttp"),
 }
 
 
 def child_main(spec_json: str) -> int:
-    """Run one case; print its RESULT line (as ``_common.child_main``, plus CPU seconds)."""
-    spec: Spec = json.loads(spec_json)
-    run, family = CHILD_CASES[spec["case"]]
-    for name in IMPORTS[family]:
-        importlib.import_module(name)
-    cpu = time.process_time()
-    outcome = run(spec)
-    record = {
-        "seconds": outcome.seconds,
-        "instances": outcome.instances,
-        "bytes": outcome.bytes,
-        "rss_mib": common.peak_rss_mib(),
-        "cpu_s": time.process_time() - cpu,
-    }
-    print(common.RESULT_PREFIX + json.dumps(record), flush=True)
-    return 0
+    """Run one case; its CPU clock starts after the imports of its family."""
+    cases = {key: run for key, (run, _) in CHILD_CASES.items()}
+    imports = {key: IMPORTS[family] for key, (_, family) in CHILD_CASES.items()}
+    return common.child_main(spec_json, cases, imports)
+
+
+def _engines(key: str, args: argparse.Namespace) -> list[str | None]:
+    """The engines a case runs with: every ``--engine`` for dicomweb-async, else none."""
+    engines: list[str | None] = args.engine
+    return engines if CHILD_CASES[key][1] == "dicomweb-async" else [None]
+
+
+def _python(key: str, args: argparse.Namespace) -> str | None:
+    peers: str | None = args.peers_python
+    return peers if CHILD_CASES[key][1] in PEERS else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,8 +257,8 @@ class Row:
     spec: Spec
     serial: int = 0  # requests that must finish before the parallel ones start
     parallel: int = 0  # requests spread over `concurrency` connections
+    python: str | None = None  # interpreter of the case (None: this one)
     stats: common.CaseStats = field(init=False)
-    cpu: list[float] = field(default_factory=list)
     server_cpu: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -280,22 +281,6 @@ def _med(values: Sequence[float]) -> str:
     return f"{statistics.median(values):.1f}" if values else ""
 
 
-def _table(title: str, header: Sequence[str], lines: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-
-    def fmt(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "| " + " | ".join([first, *rest]) + " |"
-
-    print(f"\n{title}\n")
-    print(fmt(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for line in lines:
-        print(fmt(line))
-    print(flush=True)
-
-
 def _speed_cells(row: Row, size: int) -> list[str] | None:
     """median MB/s, min..max, instances/s, peak RSS; None when every run failed."""
     stats = row.stats
@@ -314,10 +299,17 @@ def _failed_cells(row: Row, width: int) -> list[str]:
 
 
 def print_latency_table(
-    title: str, rows: Sequence[Row], size: int, latency: float, *, download: bool
+    title: str,
+    rows: Sequence[Row],
+    size: int,
+    latency: float,
+    *,
+    download: bool,
+    ceiling: Row | None = None,
 ) -> None:
+    """The latency table; with ``ceiling``, a last column of ratios to its median."""
     first = "requests" if download else "files"
-    header = (
+    header = [
         "case",
         "c",
         first,
@@ -328,7 +320,9 @@ def print_latency_table(
         "CPU s",
         "floor MB/s",
         "% of floor",
-    )
+    ]
+    if ceiling is not None:
+        header.append(f"vs bare aiohttp c={ceiling.concurrency}")
     lines = []
     for row in rows:
         cells = [row.label, str(row.concurrency), row.requests if download else str(row.count)]
@@ -339,8 +333,10 @@ def print_latency_table(
         floor = row.count * size / common.MB / row.floor_seconds(latency, waves=download)
         assert row.stats.median is not None
         share = f"{100 * row.stats.median / floor:.0f}%"
-        lines.append([*cells, *speed, _med(row.cpu), f"{floor:.0f}", share])
-    _table(title, header, lines)
+        lines.append([*cells, *speed, _med(row.stats.cpu), f"{floor:.0f}", share])
+        if ceiling is not None:
+            lines[-1].append(common.ratio(row.stats, ceiling.stats))
+    common.print_rows(title, header, lines)
 
 
 def print_orthanc_table(title: str, rows: Sequence[Row], size: int) -> None:
@@ -361,8 +357,8 @@ def print_orthanc_table(title: str, rows: Sequence[Row], size: int) -> None:
         if speed is None:
             lines.append([*cells, *_failed_cells(row, len(header) - 2)])
             continue
-        lines.append([*cells, *speed, _med(row.cpu), _med(row.server_cpu)])
-    _table(title, header, lines)
+        lines.append([*cells, *speed, _med(row.stats.cpu), _med(row.server_cpu)])
+    common.print_rows(title, header, lines)
 
 
 def print_memory_table(title: str, rows: Sequence[Row], size: int) -> None:
@@ -381,16 +377,7 @@ def print_memory_table(title: str, rows: Sequence[Row], size: int) -> None:
                 f"{row.stats.median:.0f}",
             ]
         )
-    _table(title, header, lines)
-
-
-def _record(row: Row, result: dict[str, object], size: int) -> str:
-    note = row.stats.add(result, row.count, size)
-    if "error" not in result and not note.startswith("FAILED"):
-        cpu = result.get("cpu_s")
-        if isinstance(cpu, int | float):
-            row.cpu.append(float(cpu))
-    return note
+    common.print_rows(title, header, lines)
 
 
 def _run_rows(rows: Sequence[Row], repeat: int, size: int, between: Callable[[], None]) -> None:
@@ -398,10 +385,10 @@ def _run_rows(rows: Sequence[Row], repeat: int, size: int, between: Callable[[],
     done = 0
     for _ in range(repeat):
         for row in rows:  # interleaved, so drift on a noisy machine hits every case
-            result = common.run_child(MODULE, row.spec)
+            result = common.run_child(MODULE, row.spec, row.python)
             between()
             done += 1
-            note = _record(row, result, size)
+            note = row.stats.add(result, row.count, size)
             common.progress(f"[{done}/{runs}] c={row.concurrency} {row.label}: {note}")
 
 
@@ -414,14 +401,19 @@ def plan_upload(keys: Sequence[str], args: argparse.Namespace, files: Path, url:
     for key in keys:
         levels = args.levels if key in SWEPT else [1 if key == "b" else args.threads]
         for level in levels:
-            count = sequential if key == "b" else args.count
-            label = CASES[key]
-            if key == "b" and count < args.count:
-                label += f" ({count} of {args.count} files)"
-            spec = {"case": key, "url": url, "files": str(files), "concurrency": level}
-            if key == "b":
-                spec["limit"] = count
-            rows.append(Row(key, label, level, count, spec, parallel=count))
+            for engine in _engines(key, args):
+                count = sequential if key == "b" else args.count
+                label = common.with_engine(CASES[key], engine)
+                if key == "b" and count < args.count:
+                    label += f" ({count} of {args.count} files)"
+                spec = {"case": key, "url": url, "files": str(files), "concurrency": level}
+                if key == "b":
+                    spec["limit"] = count
+                if engine is not None:
+                    spec["engine"] = engine
+                row = Row(key, label, level, count, spec, parallel=count)
+                row.python = _python(key, args)
+                rows.append(row)
     return rows
 
 
@@ -441,7 +433,8 @@ def run_upload(keys: Sequence[str], args: argparse.Namespace, scratch: Path) -> 
         f"Upload of {args.count} x {args.size / 1024:g} KiB ({total:.0f} MB), one instance per "
         f"request, server latency {args.latency * 1000:g} ms, {args.repeat} runs"
     )
-    print_latency_table(title, rows, args.size, args.latency, download=False)
+    ceiling = next((row for row in rows if row.key == "m"), None)
+    print_latency_table(title, rows, args.size, args.latency, download=False, ceiling=ceiling)
     return rows
 
 
@@ -491,7 +484,7 @@ def run_download(keys: Sequence[str], args: argparse.Namespace, scratch: Path) -
         rows: list[Row] = []
         for key in keys:
             levels = args.levels if key in SWEPT else [1 if key == "j" else args.threads]
-            for level in levels:
+            for level, engine in ((c, e) for c in levels for e in _engines(key, args)):
                 study = MANY_SERIES_STUDY if key in ("f", "h") else ONE_SERIES_STUDY
                 spec = {
                     "case": key,
@@ -501,9 +494,13 @@ def run_download(keys: Sequence[str], args: argparse.Namespace, scratch: Path) -
                     "instances": str(listing),
                     "concurrency": level,
                 }
+                if engine is not None:
+                    spec["engine"] = engine
                 serial, parallel = _download_requests(key, level, args.count, args.series)
-                label = CASES[key].format(series=args.series)
-                rows.append(Row(key, label, level, args.count, spec, serial, parallel))
+                label = common.with_engine(CASES[key].format(series=args.series), engine)
+                row = Row(key, label, level, args.count, spec, serial, parallel)
+                row.python = _python(key, args)
+                rows.append(row)
         _run_rows(rows, args.repeat, args.size, lambda: common.clear_dir(out))
     total = args.count * args.size / common.MB
     title = (
@@ -533,14 +530,17 @@ def run_orthanc(args: argparse.Namespace, scratch: Path) -> list[Row]:
     rows: list[Row] = []
     try:
         with OrthancServer() as server:
-            for level in args.orthanc_levels:
+            for level, engine in ((c, e) for c in args.orthanc_levels for e in args.engine):
                 spec = {
                     "case": "l",
                     "url": server.dicomweb_url,
                     "files": str(files),
                     "concurrency": level,
                 }
-                rows.append(Row("l", CASES["l"], level, args.orthanc_count, spec))
+                if engine is not None:
+                    spec["engine"] = engine
+                label = common.with_engine(CASES["l"], engine)
+                rows.append(Row("l", label, level, args.orthanc_count, spec))
             runs = len(rows) * args.repeat
             done = 0
             for _ in range(args.repeat):
@@ -551,7 +551,7 @@ def run_orthanc(args: argparse.Namespace, scratch: Path) -> list[Row]:
                     result = common.run_child(MODULE, row.spec)
                     used = _cpu_seconds(server.pid) - before
                     done += 1
-                    note = _record(row, result, args.size)
+                    note = row.stats.add(result, row.count, args.size)
                     if not note.startswith("FAILED"):
                         row.server_cpu.append(used)
                     common.progress(f"[{done}/{runs}] c={row.concurrency} {row.label}: {note}")
@@ -599,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where a scratch directory is made and removed again (default /tmp)",
     )
     parser.add_argument(
-        "--cases", default=None, help="comma-separated case letters a-l (default: all)"
+        "--cases", default=None, help="comma-separated case letters a-m (default: all)"
     )
     parser.add_argument(
         "--latency", type=float, default=0.02, help="server latency in seconds (default 0.02)"
@@ -612,7 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrencies of the dicomweb-async cases (default 1,4,16,64)",
     )
     parser.add_argument(
-        "--threads", type=int, default=16, help="threads of the threaded peers (default 16)"
+        "--threads",
+        type=int,
+        default=16,
+        help="threads of the threaded peers, connections of bare aiohttp (default 16)",
     )
     parser.add_argument(
         "--sequential-count",
@@ -636,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1, 4, 8],
         help="concurrencies of case (l) (default 1,4,8)",
     )
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    common.add_run_options(parser)
     return parser
 
 
@@ -652,7 +655,9 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
 
     keys = common.selected(CASES, args.cases)
-    common.progress(common.environment())
+    async_keys = [k for k in keys if CHILD_CASES[k][1] == "dicomweb-async"]
+    common.check_engines(args.engine if async_keys else [None])
+    common.progress(common.environment(args.peers_python))
     done: list[Row] = []
     with common.scratch_dir(args.out_dir) as scratch:
         if upload := [key for key in keys if key in UPLOAD]:

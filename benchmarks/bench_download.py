@@ -4,14 +4,15 @@ Run from the repository root::
 
     python -m benchmarks.bench_download                      # 512 x 2 MiB, 3 runs per case
     python -m benchmarks.bench_download --count 64 --repeat 1 --out-dir /dev/shm
+    python -m benchmarks.bench_download --peers-python .venv-peers/bin/python
 
-Each run is a fresh Python process, so the peak RSS in the table is that case's own.
+Each run is a fresh Python process, so the peak RSS in the table is that case's own. The
+dicomweb-client, requests and aiohttp cases run in ``--peers-python`` when it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,6 @@ from benchmarks._common import Outcome, Spec
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.7700123"
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-BASELINE = "g"
 MODULE = "benchmarks.bench_download"
 
 CASES = {
@@ -31,10 +31,17 @@ CASES = {
     "c": "(c) dicomweb-async iter_study -> Datasets",
     "d": "(d) dicomweb-client retrieve_study (in memory)",
     "e": "(e) dicomweb-client iter_study",
+    "i": "(i) dicomweb-client iter_study + dcmwrite -> files",
     "f": "(f) tutorial: requests + MultipartDecoder -> files",
     "g": "(g) bare httpx stream, aiter_raw -> one file",
+    "j": "(j) bare aiohttp, iter_any -> one file",
     "h": "(h) curl -o one file",
 }
+# Ratio columns of the table: name -> case.
+BASELINES = {"bare httpx": "g", "bare aiohttp": "j"}
+# Cases that take `--engine`, and cases that run in `--peers-python`.
+ASYNC_CLIENT = {"a", "b", "c"}
+PEERS = {"d", "e", "f", "i", "j"}
 
 
 def _study_url(spec: Spec) -> str:
@@ -45,7 +52,7 @@ def case_download_study(spec: Spec) -> Outcome:
     from dicomweb_async import AsyncDICOMwebClient
 
     async def main() -> tuple[int, int]:
-        async with AsyncDICOMwebClient(spec["url"]) as client:
+        async with AsyncDICOMwebClient(spec["url"], **common.client_options(spec)) as client:
             saved = await client.download_study(spec["study"], spec["out"])
         return len(saved), sum(item.size for item in saved)
 
@@ -58,7 +65,7 @@ def case_stream_study(spec: Spec) -> Outcome:
     async def main() -> tuple[int, int]:
         instances = received = 0
         async with (
-            AsyncDICOMwebClient(spec["url"]) as client,
+            AsyncDICOMwebClient(spec["url"], **common.client_options(spec)) as client,
             client.stream_study(spec["study"]) as parts,
         ):
             async for part in parts:
@@ -75,7 +82,7 @@ def case_iter_study(spec: Spec) -> Outcome:
 
     async def main() -> tuple[int, None]:
         instances = 0
-        async with AsyncDICOMwebClient(spec["url"]) as client:
+        async with AsyncDICOMwebClient(spec["url"], **common.client_options(spec)) as client:
             async for _dataset in client.iter_study(spec["study"]):
                 instances += 1
         return instances, None
@@ -101,6 +108,30 @@ def case_dwc_iter(spec: Spec) -> Outcome:
         for _dataset in DICOMwebClient(spec["url"]).iter_study(spec["study"]):
             instances += 1
         return instances, None
+
+    return common.timed(main)
+
+
+def case_dwc_iter_write(spec: Spec) -> Outcome:
+    import pydicom
+    from dicomweb_client import DICOMwebClient
+
+    out = Path(spec["out"])
+
+    def main() -> tuple[int, int]:
+        instances = written = 0
+        folders: set[Path] = set()
+        for dataset in DICOMwebClient(spec["url"]).iter_study(spec["study"]):
+            # The layout download_study writes: <study>/<series>/<sop>.dcm
+            folder = out / dataset.StudyInstanceUID / dataset.SeriesInstanceUID
+            if folder not in folders:
+                folder.mkdir(parents=True, exist_ok=True)
+                folders.add(folder)
+            with open(folder / f"{dataset.SOPInstanceUID}.dcm", "wb") as fh:
+                pydicom.dcmwrite(fh, dataset)
+                written += fh.tell()
+            instances += 1
+        return instances, written
 
     return common.timed(main)
 
@@ -149,17 +180,43 @@ def case_bare_httpx(spec: Spec) -> Outcome:
     return common.timed(run)
 
 
+def case_bare_aiohttp(spec: Spec) -> Outcome:
+    import aiohttp
+
+    async def main(fh: BinaryIO) -> tuple[None, int]:
+        received = 0
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with (
+            aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
+            session.get(_study_url(spec), headers={"Accept": ACCEPT}) as response,
+        ):
+            response.raise_for_status()
+            async for chunk in response.content.iter_any():
+                fh.write(chunk)
+                received += len(chunk)
+        return None, received
+
+    def run() -> tuple[None, int]:
+        Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
+        with open(spec["out"], "wb") as fh:
+            return asyncio.run(main(fh))
+
+    return common.timed(run)
+
+
 def case_curl(spec: Spec) -> Outcome:
     out = Path(spec["out"])
+    peak: list[float | None] = []
 
     def main() -> tuple[None, int]:
         out.parent.mkdir(parents=True, exist_ok=True)
         command = ["curl", "-s", "-f", "-o", str(out), "-H", f"Accept: {ACCEPT}"]
-        subprocess.run([*command, _study_url(spec)], check=True)
+        peak.append(common.run_program([*command, _study_url(spec)])[1])
         return None, out.stat().st_size
 
     outcome = common.timed(main)
     outcome.rss_of_children = True
+    outcome.rss_mib = peak[0]
     return outcome
 
 
@@ -172,9 +229,11 @@ CHILD_CASES: dict[str, Callable[[Spec], Outcome]] = {
     "f": case_tutorial,
     "g": case_bare_httpx,
     "h": case_curl,
+    "i": case_dwc_iter_write,
+    "j": case_bare_aiohttp,
 }
 # Cases that write one file rather than a directory of instances.
-SINGLE_FILE = {"g", "h"}
+SINGLE_FILE = {"g", "h", "j"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,9 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         return common.child_main(args.child, CHILD_CASES)
 
     keys = common.selected(CASES, args.cases)
-    stats = {key: common.CaseStats(CASES[key]) for key in keys}
+    plan = [(k, e) for k in keys for e in (args.engine if k in ASYNC_CLIENT else [None])]
+    stats = {(k, e): common.CaseStats(common.with_engine(CASES[k], e)) for k, e in plan}
     total = args.count * args.size
-    common.progress(common.environment())
+    common.check_engines([e for _, e in plan])
+    common.progress(common.environment(args.peers_python))
     synthetic = f"{STUDY_UID}:{args.count}:{args.size}"
     with (
         common.scratch_dir(args.out_dir) as scratch,
@@ -200,24 +261,29 @@ def main(argv: list[str] | None = None) -> int:
             "--synthetic", synthetic, "--framing", args.framing, "--hashing", "none"
         ) as url,
     ):
-        runs = len(keys) * args.repeat
+        runs = len(plan) * args.repeat
         done = 0
         for _ in range(args.repeat):
-            for key in keys:  # interleaved, so drift on a noisy machine hits every case
+            for key, engine in plan:  # interleaved, so drift on a noisy machine hits every case
                 target = scratch / f"case-{key}"
                 out = target / "study.multipart" if key in SINGLE_FILE else target
                 spec = {"case": key, "url": url, "study": STUDY_UID, "out": str(out)}
-                result = common.run_child(MODULE, spec)
+                if engine is not None:
+                    spec["engine"] = engine
+                python = args.peers_python if key in PEERS else None
+                result = common.run_child(MODULE, spec, python)
                 common.clear_dir(target)
                 done += 1
-                note = stats[key].add(result, args.count, args.size)
-                common.progress(f"[{done}/{runs}] {CASES[key]}: {note}")
+                row = stats[key, engine]
+                note = row.add(result, args.count, args.size)
+                common.progress(f"[{done}/{runs}] {row.label}: {note}")
     title = (
         f"Download of {args.count} x {args.size / common.MIB:g} MiB "
         f"({total / common.MB:.0f} MB), framing={args.framing}, {args.repeat} runs, "
         f"out dir {args.out_dir or '/tmp'}"
     )
-    common.print_table(title, list(stats.values()), stats.get(BASELINE))
+    baselines = {name: stats.get((key, None)) for name, key in BASELINES.items()}
+    common.print_table(title, list(stats.values()), baselines)
     return 0
 
 

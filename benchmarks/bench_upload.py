@@ -4,15 +4,16 @@ Run from the repository root::
 
     python -m benchmarks.bench_upload                        # 512 x 2 MiB, c=1 and c=16
     python -m benchmarks.bench_upload --count 64 --repeat 1 --out-dir /dev/shm
+    python -m benchmarks.bench_upload --peers-python .venv-peers/bin/python
 
 The files are written once into a scratch directory; every run is a fresh Python process
-uploading all of them, ``--concurrency`` requests at a time.
+uploading all of them, ``--concurrency`` requests at a time. The dicomweb-client, requests
+and aiohttp cases run in ``--peers-python`` when it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -24,10 +25,8 @@ from benchmarks import _common as common
 from benchmarks._common import Outcome, Spec
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.7700456"
-BOUNDARY = "benchmark-boundary-4b1d7e0c9a2f"
-RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-DICOM_JSON = "application/dicom+json"
-BASELINE = "d"
+RELATED = common.RELATED
+DICOM_JSON = common.DICOM_JSON
 MODULE = "benchmarks.bench_upload"
 CURL_CASE = "e"
 READ_SIZE = 1024 * 1024
@@ -37,24 +36,18 @@ CASES = {
     "b": "(b) tutorial: requests + hand-built body",
     "c": "(c) dicomweb-client store_instances([dcmread])",
     "d": "(d) bare httpx, body streamed from disk",
+    "f": "(f) bare aiohttp, hand-built body",
     "e": "(e) curl --data-binary, one body repeated",
 }
-
-
-def _paths(spec: Spec) -> list[Path]:
-    return sorted(Path(spec["files"]).glob("*.dcm"))
-
-
-def _head() -> bytes:
-    return f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
-
-
-def _tail() -> bytes:
-    return f"\r\n--{BOUNDARY}--\r\n".encode("ascii")
+# Ratio columns of the tables: name -> case.
+BASELINES = {"bare httpx": "d", "bare aiohttp": "f"}
+# Cases that take `--engine`, and cases that run in `--peers-python`.
+ASYNC_CLIENT = {"a"}
+PEERS = {"b", "c", "f"}
 
 
 def _in_threads(spec: Spec, upload: Callable[[Path], int]) -> tuple[int, None]:
-    paths = _paths(spec)
+    paths = common.upload_files(spec)
     with ThreadPoolExecutor(max_workers=spec["concurrency"]) as pool:
         return sum(pool.map(upload, paths)), None
 
@@ -65,7 +58,7 @@ def case_dicomweb_async(spec: Spec) -> Outcome:
     from dicomweb_async import AsyncDICOMwebClient
 
     async def main() -> tuple[int, None]:
-        paths = _paths(spec)
+        paths = common.upload_files(spec)
         concurrency = spec["concurrency"]
         limiter = anyio.CapacityLimiter(concurrency)
         stored = 0
@@ -77,7 +70,9 @@ def case_dicomweb_async(spec: Spec) -> Outcome:
             stored += len(result.raise_for_failures().stored)
 
         async with (
-            AsyncDICOMwebClient(spec["url"], max_connections=concurrency) as client,
+            AsyncDICOMwebClient(
+                spec["url"], max_connections=concurrency, **common.client_options(spec)
+            ) as client,
             anyio.create_task_group() as tg,
         ):
             for path in paths:
@@ -138,7 +133,7 @@ def case_bare_httpx(spec: Spec) -> Outcome:
     import anyio
     import httpx
 
-    head, tail = _head(), _tail()
+    head, tail = common.multipart_head(), common.multipart_tail()
     url = f"{spec['url']}/studies"
 
     async def body(path: Path) -> AsyncIterator[bytes]:
@@ -170,7 +165,7 @@ def case_bare_httpx(spec: Spec) -> Outcome:
             httpx.AsyncClient(timeout=60.0, limits=limits) as client,
             anyio.create_task_group() as tg,
         ):
-            for path in _paths(spec):
+            for path in common.upload_files(spec):
                 tg.start_soon(one, path, path.stat().st_size)
         return stored, None
 
@@ -179,7 +174,7 @@ def case_bare_httpx(spec: Spec) -> Outcome:
 
 def case_curl(spec: Spec) -> Outcome:
     url = f"{spec['url']}/studies"
-    count = len(_paths(spec))
+    count = len(common.upload_files(spec))
     command = [
         "curl",
         "-s",
@@ -198,12 +193,16 @@ def case_curl(spec: Spec) -> Outcome:
     for _ in range(count):
         command += [url, "-o", "/dev/null"]
 
+    peak: list[float | None] = []
+
     def main() -> tuple[int, None]:
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        done, rss = common.run_program(command, capture=True)
+        peak.append(rss)
         return done.stdout.split().count("200"), None
 
     outcome = common.timed(main)
     outcome.rss_of_children = True
+    outcome.rss_mib = peak[0]
     return outcome
 
 
@@ -213,6 +212,7 @@ CHILD_CASES: dict[str, Callable[[Spec], Outcome]] = {
     "c": case_dicomweb_client,
     "d": case_bare_httpx,
     "e": case_curl,
+    "f": common.upload_aiohttp,
 }
 
 
@@ -222,7 +222,7 @@ def _prepare(scratch: Path, count: int, size: int) -> tuple[Path, Path]:
     files = scratch / "instances"
     paths = write_instance_files(files, count, size, study_uid=STUDY_UID)
     body = scratch / "curl-body.multipart"
-    body.write_bytes(_head() + paths[0].read_bytes() + _tail())
+    body.write_bytes(common.multipart_head() + paths[0].read_bytes() + common.multipart_tail())
     return files, body
 
 
@@ -239,16 +239,23 @@ def main(argv: list[str] | None = None) -> int:
 
     keys = common.selected(CASES, args.cases)
     levels = [int(level) for level in args.concurrency.split(",")]
-    plan = [(c, k) for c in levels for k in keys if k != CURL_CASE or c == 1]
-    stats = {(c, k): common.CaseStats(CASES[k]) for c, k in plan}
-    common.progress(common.environment())
+    plan = [
+        (c, k, e)
+        for c in levels
+        for k in keys
+        if k != CURL_CASE or c == 1
+        for e in (args.engine if k in ASYNC_CLIENT else [None])
+    ]
+    stats = {(c, k, e): common.CaseStats(common.with_engine(CASES[k], e)) for c, k, e in plan}
+    common.check_engines([e for _, _, e in plan])
+    common.progress(common.environment(args.peers_python))
     with common.scratch_dir(args.out_dir) as scratch:
         files, body = _prepare(scratch, args.count, args.size)
         with common.loopback_server("--hashing", "none") as url:
             runs = len(plan) * args.repeat
             done = 0
             for _ in range(args.repeat):
-                for concurrency, key in plan:
+                for concurrency, key, engine in plan:
                     spec = {
                         "case": key,
                         "url": url,
@@ -256,19 +263,24 @@ def main(argv: list[str] | None = None) -> int:
                         "body": str(body),
                         "concurrency": concurrency,
                     }
-                    result = common.run_child(MODULE, spec)
+                    if engine is not None:
+                        spec["engine"] = engine
+                    python = args.peers_python if key in PEERS else None
+                    result = common.run_child(MODULE, spec, python)
                     done += 1
-                    note = stats[concurrency, key].add(result, args.count, args.size)
-                    common.progress(f"[{done}/{runs}] c={concurrency} {CASES[key]}: {note}")
+                    row = stats[concurrency, key, engine]
+                    note = row.add(result, args.count, args.size)
+                    common.progress(f"[{done}/{runs}] c={concurrency} {row.label}: {note}")
     total = args.count * args.size
     for concurrency in levels:
-        rows = [stats[c, k] for c, k in plan if c == concurrency]
+        rows = [stats[c, k, e] for c, k, e in plan if c == concurrency]
         title = (
             f"Upload of {args.count} x {args.size / common.MIB:g} MiB "
             f"({total / common.MB:.0f} MB), one instance per request, "
             f"concurrency {concurrency}, {args.repeat} runs, out dir {args.out_dir or '/tmp'}"
         )
-        common.print_table(title, rows, stats.get((concurrency, BASELINE)))
+        baselines = {name: stats.get((concurrency, key, None)) for name, key in BASELINES.items()}
+        common.print_table(title, rows, baselines)
     return 0
 
 
