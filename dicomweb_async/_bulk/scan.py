@@ -1,20 +1,26 @@
 """Find DICOM files and read just enough of each to know what it is.
 
-Only the header is read (up to the pixel data), in worker threads; the bytes that go to the
-server are the file's own, streamed later. Files that are not DICOM Part 10 files are
-reported with the reason, never silently dropped.
+Only the first bytes are read, in worker threads, and the header is walked by the fast
+reader of ``_core.identity`` (pydicom for the encodings it leaves alone). Large files are
+streamed from disk later; small ones are read whole here, so that each costs one trip to
+a worker thread in all. Files that are not DICOM Part 10 files are reported with the
+reason, never silently dropped.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._core.identity import Header, read_header
 from .._core.urls import check_uid
 
-__all__ = ["ScannedFile", "Unreadable", "iter_paths", "scan_file"]
+__all__ = ["HEAD_BYTES", "ScannedFile", "Unreadable", "iter_paths", "scan_file"]
+
+#: Bytes read from a large file for its header; ordinary headers are a few kilobytes.
+HEAD_BYTES = 64 * 1024
 
 _TAGS = [
     "SOPClassUID",
@@ -37,6 +43,8 @@ class ScannedFile:
         Modification time when scanned (used by the journal to notice changed files).
     study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid : str
     transfer_syntax : str
+    data : bytes or None
+        The whole file, when it was small enough to keep from the scan.
     """
 
     path: Path
@@ -47,6 +55,7 @@ class ScannedFile:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax: str
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,15 @@ def iter_paths(sources: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield path
 
 
-def scan_file(path: Path) -> ScannedFile | Unreadable:
+def scan_file(path: Path, keep_up_to: int = 0) -> ScannedFile | Unreadable:
     """Read a file's header (blocking: call it from a worker thread).
+
+    Parameters
+    ----------
+    path : Path
+    keep_up_to : int
+        Files of at most this many bytes are read whole and their bytes kept in
+        :attr:`ScannedFile.data`, so that sending them needs no second read.
 
     Returns
     -------
@@ -97,27 +113,26 @@ def scan_file(path: Path) -> ScannedFile | Unreadable:
     """
     try:
         stat = path.stat()
+        with path.open("rb") as f:
+            whole = stat.st_size <= keep_up_to
+            # One more byte than the size: a file that grew since stat() is not "whole".
+            head = f.read(stat.st_size + 1 if whole else HEAD_BYTES)
     except OSError as exc:
         return Unreadable(path, f"cannot read: {exc.strerror or exc}", corrupt=True)
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        with path.open("rb") as f:
-            preamble = f.read(132)
-        if len(preamble) < 132 or preamble[128:132] != b"DICM":
-            return Unreadable(path, "not a DICOM Part 10 file (no DICM prefix)", corrupt=False)
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except InvalidDicomError as exc:
-        return Unreadable(path, f"not a DICOM file: {exc}", corrupt=False)
-    except Exception as exc:  # pydicom raises many types for damaged headers
-        return Unreadable(path, f"unreadable DICOM header: {exc}", corrupt=True)
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    values = {tag: str(ds.get(tag, "") or "") for tag in _TAGS}
-    if not values["SOPClassUID"] and meta is not None:
-        values["SOPClassUID"] = str(meta.get("MediaStorageSOPClassUID", "") or "")
-    for tag, value in values.items():
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return Unreadable(path, "not a DICOM Part 10 file (no DICM prefix)", corrupt=False)
+    header = read_header(head)
+    if header is None:
+        found = _read_with_pydicom(path)
+        if isinstance(found, Unreadable):
+            return found
+        header = found
+    for tag, value in (
+        ("SOPClassUID", header.sop_class_uid),
+        ("SOPInstanceUID", header.sop_instance_uid),
+        ("StudyInstanceUID", header.study_instance_uid),
+        ("SeriesInstanceUID", header.series_instance_uid),
+    ):
         if not value:
             return Unreadable(path, f"no {tag} in the header (damaged or truncated?)", True)
         try:
@@ -128,9 +143,34 @@ def scan_file(path: Path) -> ScannedFile | Unreadable:
         path=path,
         size=stat.st_size,
         mtime_ns=stat.st_mtime_ns,
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        transfer_syntax=header.transfer_syntax,
+        data=head if whole and len(head) == stat.st_size else None,
+    )
+
+
+def _read_with_pydicom(path: Path) -> Header | Unreadable:
+    """The header of a file the fast reader leaves alone (big endian, deflate, odd files)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+    except InvalidDicomError as exc:
+        return Unreadable(path, f"not a DICOM file: {exc}", corrupt=False)
+    except Exception as exc:  # pydicom raises many types for damaged headers
+        return Unreadable(path, f"unreadable DICOM header: {exc}", corrupt=True)
+    meta = getattr(ds, "file_meta", None)
+    values = {tag: str(ds.get(tag, "") or "") for tag in _TAGS}
+    if not values["SOPClassUID"] and meta is not None:
+        values["SOPClassUID"] = str(meta.get("MediaStorageSOPClassUID", "") or "")
+    return Header(
         study_instance_uid=values["StudyInstanceUID"],
         series_instance_uid=values["SeriesInstanceUID"],
         sop_instance_uid=values["SOPInstanceUID"],
         sop_class_uid=values["SOPClassUID"],
-        transfer_syntax=syntax,
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
     )
