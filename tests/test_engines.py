@@ -236,3 +236,37 @@ async def test_refused_connections_and_read_timeouts(engine: str, server: Loopba
         async with AsyncDICOMwebClient(server.url, engine=engine, timeout=timeout) as client:  # type: ignore[arg-type]
             with pytest.raises(TimeoutError, match="timed out"):
                 await client.search_for_studies()
+
+
+# -- cookies ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_cookies_a_server_sets_are_sent_back(engine: str) -> None:
+    # Load balancers in front of cloud services pin a client to one backend with a
+    # cookie; the client's own jar skips responses without Set-Cookie, not the cookie.
+    from aiohttp import web
+
+    seen: list[str | None] = []
+
+    async def studies(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response([], content_type="application/dicom+json")
+        if len(seen) == 2:
+            response.set_cookie("affinity", "backend-2")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/studies", studies)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        async with AsyncDICOMwebClient(f"http://127.0.0.1:{port}", engine=engine) as client:  # type: ignore[arg-type]
+            for _ in range(4):
+                assert await client.search_for_studies() == []
+    finally:
+        await runner.cleanup()
+    assert seen == [None, None, "affinity=backend-2", "affinity=backend-2"]
