@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import anyio
 import httpx
+import yarl
 
 from .proxies import ProxyRules
 
@@ -36,6 +37,7 @@ __all__ = ["AiohttpTransport"]
 
 #: aiohttp's buffer for each response: flow control pauses the socket above it.
 READ_BUFFER = 1024 * 1024
+_MAX_CACHED = 64
 
 
 @contextmanager
@@ -141,6 +143,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._limits = limits
         self._proxies = proxies or ProxyRules()
         self._session: aiohttp.ClientSession | None = None
+        # Per-request values that repeat: worked out once each (a handful of entries).
+        self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+        self._routes: dict[str, tuple[yarl.URL, str | None]] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -163,20 +168,37 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         return self._session
 
-    @staticmethod
-    def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
-        given = request.extensions.get("timeout", {})
-        connect, pool = given.get("connect"), given.get("pool")
-        # aiohttp's connect timeout covers waiting for a pooled connection and making one.
-        acquire = None if connect is None or pool is None else connect + pool
-        return aiohttp.ClientTimeout(
-            total=None, connect=acquire, sock_connect=connect, sock_read=given.get("read")
-        )
+    def _timeout(self, given: dict[str, Any]) -> aiohttp.ClientTimeout:
+        connect, pool, read = given.get("connect"), given.get("pool"), given.get("read")
+        key = (connect, pool, read)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            # aiohttp's connect timeout covers waiting for a pooled connection and making
+            # one.
+            acquire = None if connect is None or pool is None else connect + pool
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=acquire, sock_connect=connect, sock_read=read
+            )
+            if len(self._timeouts) < _MAX_CACHED:
+                self._timeouts[key] = timeout
+        return timeout
+
+    def _route(self, url: httpx.URL) -> tuple[yarl.URL, str | None]:
+        """The URL as aiohttp takes it, and the proxy to go through, if any."""
+        text = str(url)
+        route = self._routes.get(text)
+        if route is None:
+            # httpx has encoded the URL already: aiohttp must not encode it again.
+            route = (yarl.URL(text, encoded=True), self._proxies.proxy_for(url.scheme, url.host))
+            if "?" not in text and len(self._routes) < _MAX_CACHED:
+                self._routes[text] = route
+        return route
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return its response with the body unread."""
         session = self._get_session()
-        write_timeout = request.extensions.get("timeout", {}).get("write")
+        timeouts = request.extensions.get("timeout", {})
+        write_timeout = timeouts.get("write")
         watchdog = anyio.CancelScope()
         stream = request.stream
         data: bytes | AsyncIterator[bytes]
@@ -193,16 +215,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 watchdog.deadline = math.inf
 
             data = body()
-        url = request.url
-        proxy = self._proxies.proxy_for(url.scheme, url.host)
+        url, proxy = self._route(request.url)
         with _mapped_errors(request, reading=False), watchdog:
             response = await session.request(
                 request.method,
-                str(url),
+                url,
                 headers=request.headers.multi_items(),
                 data=data,
                 allow_redirects=False,
-                timeout=self._timeout(request),
+                timeout=self._timeout(timeouts),
                 proxy=proxy,
             )
         if watchdog.cancelled_caught:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 import httpx
@@ -18,8 +19,10 @@ from .._core.multipart_writer import BodyPart, MultipartWriter
 __all__ = ["MultipartBody", "SinglePartBody", "iter_part"]
 
 READ_SIZE = 1024 * 1024
-# Framing is joined to data chunks up to this size rather than written separately.
-_COALESCE = 1024 * 1024
+# Pieces smaller than _ALONE are joined with their framing (and each other) up to
+# _COALESCE bytes rather than written separately.
+_ALONE = 64 * 1024
+_COALESCE = 256 * 1024
 
 ProgressCallback = Callable[[int], None]
 
@@ -43,18 +46,36 @@ async def iter_part(part: BodyPart, read_size: int = READ_SIZE) -> AsyncIterator
         # for many small instances the hand-offs cost more than the reading.
         yield await anyio.to_thread.run_sync(_read_small, part.path, part.size)
         return
-    sent = 0
-    async with await anyio.open_file(part.path, "rb") as f:
-        while True:
-            chunk = await f.read(read_size)
-            if not chunk:
-                break
+    # Larger files: the open goes with the first read, and the last read asks for one byte
+    # more than is left (a file that grew shows), so no trip is spent on reading nothing.
+    f, chunk = await anyio.to_thread.run_sync(_open_and_read, part.path, read_size)
+    try:
+        sent = 0
+        while chunk:
             sent += len(chunk)
             if sent > part.size:
                 break
             yield chunk
+            left = part.size - sent
+            if left == 0:
+                # Anything beyond the planned size means the file grew.
+                if await anyio.to_thread.run_sync(f.read, 1):
+                    sent += 1
+                break
+            chunk = await anyio.to_thread.run_sync(f.read, min(read_size, left + 1))
+    finally:
+        f.close()  # a file opened for reading closes without I/O
     if sent != part.size:
         raise OSError(f"{part.path} changed size while being uploaded ({part.size} -> {sent})")
+
+
+def _open_and_read(path: Path, size: int) -> tuple[BinaryIO, bytes]:
+    f = open(path, "rb")  # noqa: SIM115 (closed by the caller, after the last read)
+    try:
+        return f, f.read(size)
+    except BaseException:
+        f.close()
+        raise
 
 
 def _read_small(path: Path, size: int) -> bytes:
@@ -102,17 +123,23 @@ class MultipartBody(httpx.AsyncByteStream):
         self.iterations += 1
         # Framing is a few dozen bytes and a small instance a few kilobytes; each piece sent
         # on its own costs a socket write (and an event-loop turn), more than copying them
-        # together. So pieces are gathered up to _COALESCE: a request of small instances
-        # goes out as one piece, framing and all.
+        # together. So small pieces are gathered up to _COALESCE: a request of small
+        # instances goes out as one piece, framing and all. Large pieces go as they are:
+        # copying a megabyte costs more than one more write.
         pending: list[bytes] = []
         held = 0
         for part in self.parts:
             pending.append(self.writer.head(part))
             async for chunk in iter_part(part, self.read_size):
+                if len(chunk) >= _ALONE:
+                    yield b"".join(pending)
+                    yield chunk
+                    pending, held = [], 0
+                    continue
                 pending.append(chunk)
                 held += len(chunk)
                 if held >= _COALESCE:
-                    yield pending[0] if len(pending) == 1 else b"".join(pending)
+                    yield b"".join(pending)
                     pending, held = [], 0
             pending.append(self.writer.part_end())
         pending.append(self.writer.tail())

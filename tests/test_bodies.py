@@ -1,0 +1,88 @@
+"""Request bodies streamed from memory and disk: the exact bytes, the pieces, replay, and
+files that change between planning a request and sending it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomweb_async._core.multipart_writer import BodyPart, MultipartWriter
+from dicomweb_async._transport.bodies import MultipartBody, SinglePartBody
+
+READ = 4096  # small reads, so that files take several
+
+
+def _file(path: Path, size: int, seed: int) -> BodyPart:
+    path.write_bytes(bytes((seed + i * 7) % 251 for i in range(size)))
+    return BodyPart(size=size, path=path)
+
+
+def _expected(writer: MultipartWriter, parts: list[BodyPart]) -> bytes:
+    out = b""
+    for part in parts:
+        data = part.data if part.data is not None else part.path.read_bytes()  # type: ignore[union-attr]
+        out += writer.head(part) + data + writer.part_end()
+    return out + writer.tail()
+
+
+async def _pieces(body: MultipartBody | SinglePartBody) -> list[bytes]:
+    return [chunk async for chunk in body]
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [0],
+        [10],
+        [READ],  # exactly one read
+        [READ + 1],
+        [3 * READ],  # an exact multiple: the last read finds the end
+        [3 * READ + 17, 5, 2 * READ, 100_000],
+    ],
+)
+async def test_files_and_memory_make_the_exact_body_every_time(
+    tmp_path: Path, sizes: list[int]
+) -> None:
+    parts = [_file(tmp_path / f"{n}.dcm", size, n) for n, size in enumerate(sizes)]
+    parts.insert(1, BodyPart(size=5, data=b"hello"))
+    writer = MultipartWriter()
+    body = MultipartBody(parts, writer, read_size=READ)
+    expected = _expected(writer, parts)
+    first = b"".join(await _pieces(body))
+    second = b"".join(await _pieces(body))  # a retry sends it all again
+    assert first == second == expected
+    assert body.content_length == len(expected)
+    assert body.iterations == 2
+
+
+async def test_a_request_of_small_instances_is_one_piece(tmp_path: Path) -> None:
+    parts = [BodyPart(size=3, data=b"abc"), _file(tmp_path / "a.dcm", 2000, 1)]
+    pieces = await _pieces(MultipartBody(parts))
+    assert len(pieces) == 1
+
+
+async def test_large_pieces_are_not_copied_into_the_framing(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 1024  # 256 KiB
+    pieces = await _pieces(MultipartBody([BodyPart(size=len(data), data=data)]))
+    assert len(pieces) == 3
+    assert pieces[1] is data
+
+
+@pytest.mark.parametrize("size", [1000, 5 * READ])
+@pytest.mark.parametrize("change", [-1, +1])
+async def test_a_file_that_changed_size_fails_the_request(
+    tmp_path: Path, size: int, change: int
+) -> None:
+    part = _file(tmp_path / "x.dcm", size, 3)
+    assert part.path is not None
+    part.path.write_bytes(b"z" * (size + change))
+    for body in (MultipartBody([part], read_size=READ), SinglePartBody(part, read_size=READ)):
+        with pytest.raises(OSError, match="changed size"):
+            await _pieces(body)
+
+
+async def test_a_missing_file_fails_the_request(tmp_path: Path) -> None:
+    part = BodyPart(size=5 * READ, path=tmp_path / "gone.dcm")
+    with pytest.raises(FileNotFoundError):
+        await _pieces(MultipartBody([part], read_size=READ))
