@@ -122,10 +122,25 @@ class Response:
     def __init__(self, response: httpx.Response, method: str):
         self._response = response
         self.status_code = response.status_code
-        self.headers = {k.lower(): v for k, v in response.headers.items()}
-        self.raw_headers: tuple[tuple[str, str], ...] = tuple(response.headers.multi_items())
+        # Decoded here from the raw pairs: httpx's own accessors work out the encoding of
+        # the whole header block again for each name and value they hand out.
+        raw = response.headers.raw
+        self.raw_headers: tuple[tuple[str, str], ...] = tuple(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw
+        )
+        headers: dict[str, str] = {}
+        for name, value in self.raw_headers:
+            key = name.lower()
+            # Repeated fields read as one, comma-separated, as httpx's mapping reads them.
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        self.headers = headers
         self.method = method
-        self.url = _safe_url(response.request.url)
+        self._url = response.request.url
+
+    @property
+    def url(self) -> str:
+        """The request's URL, without credentials (for error messages)."""
+        return _safe_url(self._url)
 
     @property
     def content_type(self) -> str:
