@@ -86,3 +86,15 @@ async def test_a_missing_file_fails_the_request(tmp_path: Path) -> None:
     part = BodyPart(size=5 * READ, path=tmp_path / "gone.dcm")
     with pytest.raises(FileNotFoundError):
         await _pieces(MultipartBody([part], read_size=READ))
+
+
+async def test_small_bodies_in_memory_are_one_piece_without_iterating(tmp_path: Path) -> None:
+    writer = MultipartWriter()
+    parts = [BodyPart(size=3, data=b"abc"), BodyPart(size=2, data=b"de")]
+    body = MultipartBody(parts, writer)
+    assert body.in_memory() == _expected(writer, parts)
+    assert body.iterations == 1
+    # A part on disk, or a body past the size of one piece, is streamed instead.
+    assert MultipartBody([_file(tmp_path / "a.dcm", 10, 1)]).in_memory() is None
+    big = bytes(300 * 1024)
+    assert MultipartBody([BodyPart(size=len(big), data=big)]).in_memory() is None

@@ -20,6 +20,7 @@ What httpx users expect is kept:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,7 @@ import anyio
 import httpx
 import yarl
 
+from .bodies import MultipartBody
 from .proxies import ProxyRules
 
 __all__ = ["AiohttpTransport"]
@@ -199,15 +201,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session = self._get_session()
         timeouts = request.extensions.get("timeout", {})
         write_timeout = timeouts.get("write")
-        watchdog = anyio.CancelScope()
+        # The write timeout is kept by cancelling the send if the next piece of a streamed
+        # body is not taken in time; a body sent in one piece needs none.
+        watchdog: anyio.CancelScope | None = None
         stream = request.stream
-        data: bytes | AsyncIterator[bytes]
+        data: bytes | AsyncIterator[bytes] | None = None
         if isinstance(stream, httpx.ByteStream):
             data = b"".join(stream)
-        else:
+        elif isinstance(stream, MultipartBody):
+            # A small body held in memory goes out in one write with the request headers,
+            # with no per-piece timing to do.
+            data = stream.in_memory()
+        if data is None:
             assert isinstance(stream, httpx.AsyncByteStream)
+            watchdog = anyio.CancelScope()
 
             async def body() -> AsyncIterator[bytes]:
+                assert watchdog is not None
                 async for chunk in stream:
                     if write_timeout is not None:
                         watchdog.deadline = anyio.current_time() + write_timeout
@@ -216,7 +226,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
             data = body()
         url, proxy = self._route(request.url)
-        with _mapped_errors(request, reading=False), watchdog:
+        with _mapped_errors(request, reading=False), watchdog or contextlib.nullcontext():
             response = await session.request(
                 request.method,
                 url,
@@ -226,7 +236,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=self._timeout(timeouts),
                 proxy=proxy,
             )
-        if watchdog.cancelled_caught:
+        if watchdog is not None and watchdog.cancelled_caught:
             raise httpx.WriteTimeout("timed out sending the request body", request=request)
         return httpx.Response(
             response.status,

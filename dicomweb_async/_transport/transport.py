@@ -242,9 +242,17 @@ class Transport:
         ok: Collection[int],
         once: bool = False,
     ) -> httpx.Response:
+        # Given as content, httpx wraps a stream in a stream of its own; set as the
+        # request's stream, the body reaches the engine as it is (and a small one can go in
+        # one write). Only with a declared length: without one, httpx sends it chunked.
+        stream = body if isinstance(body, httpx.AsyncByteStream) else None
+        if stream is not None and not any(k.lower() == "content-length" for k in headers or ()):
+            stream = None
         request = self.client.build_request(
-            method, self._parsed(url), headers=headers, content=body
+            method, self._parsed(url), headers=headers, content=None if stream else body
         )
+        if stream is not None:
+            request.stream = stream
         replayable = method in IDEMPOTENT or body is None or isinstance(body, bytes)
         replayable = replayable or isinstance(body, httpx.AsyncByteStream)
         attempt = 0
