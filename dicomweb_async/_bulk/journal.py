@@ -48,6 +48,10 @@ class Journal:
     ----------
     path : str or os.PathLike
         The journal file; created when missing, appended to otherwise.
+    also : iterable of str or os.PathLike
+        Other journals, only read: what they record counts as finished too. Two runs that
+        may overlap (two attempts of one shard) each append to a file of their own and
+        read each other's.
 
     Notes
     -----
@@ -55,8 +59,11 @@ class Journal:
     which open and close it themselves.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(
+        self, path: str | os.PathLike[str], *, also: Iterable[str | os.PathLike[str]] = ()
+    ):
         self.path = Path(path)
+        self.also = [Path(p) for p in also if Path(p) != self.path]
         self._done: dict[str, JournalEntry] = {}
         self._fd: int | None = None
         self._lock = anyio.Lock()
@@ -68,9 +75,11 @@ class Journal:
     def __len__(self) -> int:
         return len(self._done)
 
-    def _load(self) -> None:
-        if self.path.exists():
-            with self.path.open("rb") as f:
+    def _read(self, path: Path) -> int:
+        """Take the records of ``path``; return how many lines were torn."""
+        torn = 0
+        if path.exists():
+            with path.open("rb") as f:
                 for raw in f:
                     try:
                         obj: Any = json.loads(raw)
@@ -79,9 +88,15 @@ class Journal:
                         )
                     except (ValueError, KeyError, TypeError):
                         # A run killed mid-write leaves a partial last line; skip it.
-                        self.torn_lines += 1
+                        torn += 1
                         continue
                     self._done[entry.sop_instance_uid] = entry
+        return torn
+
+    def _load(self) -> None:
+        for other in self.also:
+            self._read(other)
+        self.torn_lines = self._read(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if self.torn_lines:

@@ -1,0 +1,1 @@
+"""Sharding bulk transfers over many processes or machines (engine-neutral core)."""

@@ -1,0 +1,31 @@
+"""Sharding one migration over many processes or machines.
+
+The engine-neutral core: plan shards on the driver (:func:`plan_uploads`,
+:func:`plan_downloads`), run each anywhere with :func:`run_shard` (blocking, picklable
+input and output) and :func:`merge_reports` what comes back. Any engine that can call a
+Python function on a worker can run the shards: Dask, Ray, Spark, a process pool.
+
+Delivery is at least once (engines re-run the tasks of workers that died); the effect is
+exactly once, because STOW-RS is keyed by SOPInstanceUID and per-attempt journals bound
+what is sent again to what was in flight.
+"""
+
+from __future__ import annotations
+
+from .. import _present_as_public
+from .._distributed.merge import merge_reports
+from .._distributed.plan import plan_downloads, plan_uploads
+from .._distributed.run import ShardReport, run_shard
+from .._distributed.spec import ShardSpec, Target
+
+__all__ = [
+    "ShardReport",
+    "ShardSpec",
+    "Target",
+    "merge_reports",
+    "plan_downloads",
+    "plan_uploads",
+    "run_shard",
+]
+
+_present_as_public(globals(), __name__)
