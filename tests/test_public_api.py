@@ -12,10 +12,11 @@ from types import GenericAlias, ModuleType
 import pytest
 
 import dicomweb_async
+import dicomweb_async.distributed
 import dicomweb_async.testing
 from dicomweb_async._core import exceptions as _exceptions
 
-PUBLIC_MODULES = ["dicomweb_async", "dicomweb_async.testing"]
+PUBLIC_MODULES = ["dicomweb_async", "dicomweb_async.distributed", "dicomweb_async.testing"]
 
 
 def _defined_names(module: ModuleType) -> set[str]:
@@ -106,7 +107,7 @@ def test_public_objects_have_docstrings(qualname: str, obj: object) -> None:
 def test_private_implementation_modules() -> None:
     for name in dir(dicomweb_async):
         value = getattr(dicomweb_async, name)
-        if isinstance(value, ModuleType) and name not in {"testing"}:
+        if isinstance(value, ModuleType) and name not in {"distributed", "testing"}:
             assert name.startswith("_"), f"implementation module {name} should be private"
 
 
