@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .._bulk.download import DownloadOutcome, DownloadReport
@@ -18,7 +18,9 @@ _DOWNLOAD_RANK = {"downloaded": 2, "skipped": 1, "failed": 0}
 
 
 def merge_reports(
-    specs: Sequence[ShardSpec], reports: Iterable[ShardReport]
+    specs: Sequence[ShardSpec],
+    reports: Iterable[ShardReport],
+    errors: Mapping[str, str] | None = None,
 ) -> UploadReport | DownloadReport:
     """One report for a sharded run: every input of every shard exactly once.
 
@@ -29,6 +31,8 @@ def merge_reports(
     reports : iterable of ShardReport
         What came back, any number per shard: of two attempts' outcomes for one input,
         the better stands (stored over already stored over failed).
+    errors : mapping of str to str, optional
+        Why a shard has no report (its last error), by shard id.
 
     Returns
     -------
@@ -36,6 +40,7 @@ def merge_reports(
         Members of shards that never reported appear as failed, with the reason. Its
         ``elapsed`` is the longest shard's.
     """
+    errors = errors or {}
     kinds = {s.kind for s in specs}
     if len(kinds) > 1:
         raise ValueError("cannot merge store and download shards into one report")
@@ -64,7 +69,7 @@ def merge_reports(
     missing = [s for s in specs if s.shard_id not in reported]
     if kind == "store":
         for spec in specs:
-            why = _lost(spec) if spec in missing else "not in its shard's report"
+            why = _lost(spec, errors) if spec in missing else "not in its shard's report"
             for member in spec.members:
                 if member not in uploads:
                     uploads[member] = FileOutcome(Path(member), "failed", message=why)
@@ -72,7 +77,8 @@ def merge_reports(
     for spec in missing:
         for study in spec.members:
             downloads.setdefault(
-                (study, None), DownloadOutcome(study, None, None, "failed", message=_lost(spec))
+                (study, None),
+                DownloadOutcome(study, None, None, "failed", message=_lost(spec, errors)),
             )
     # A study listed as failed by one attempt and downloaded by another is not failed.
     done = {study for study, sop in downloads if sop is not None}
@@ -84,5 +90,6 @@ def merge_reports(
     return DownloadReport(outcomes, elapsed)
 
 
-def _lost(spec: ShardSpec) -> str:
-    return f"shard {spec.shard_id} did not report (its worker was lost and not replaced)"
+def _lost(spec: ShardSpec, errors: Mapping[str, str]) -> str:
+    why = errors.get(spec.shard_id, "its worker was lost and not replaced")
+    return f"shard {spec.shard_id} did not report ({why})"

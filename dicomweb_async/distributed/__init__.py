@@ -4,6 +4,8 @@ The engine-neutral core: plan shards on the driver (:func:`plan_uploads`,
 :func:`plan_downloads`), run each anywhere with :func:`run_shard` (blocking, picklable
 input and output) and :func:`merge_reports` what comes back. Any engine that can call a
 Python function on a worker can run the shards: Dask, Ray, Spark, a process pool.
+:func:`store_folders` and :func:`download_studies` do all of it on a Dask cluster (the
+``dask`` extra).
 
 Delivery is at least once (engines re-run the tasks of workers that died); the effect is
 exactly once, because STOW-RS is keyed by SOPInstanceUID and per-attempt journals bound
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from .. import _present_as_public
 from .._distributed.merge import merge_reports
+from .._distributed.on_dask import download_studies, store_folders
 from .._distributed.plan import plan_downloads, plan_uploads
 from .._distributed.run import ShardReport, run_shard
 from .._distributed.spec import ShardSpec, Target
@@ -22,10 +25,12 @@ __all__ = [
     "ShardReport",
     "ShardSpec",
     "Target",
+    "download_studies",
     "merge_reports",
     "plan_downloads",
     "plan_uploads",
     "run_shard",
+    "store_folders",
 ]
 
 _present_as_public(globals(), __name__)

@@ -1,0 +1,219 @@
+"""Run a sharded migration on a Dask cluster (``pip install "dicomweb-async[dask]"``).
+
+The driver plans the shards and keeps a window of them running; each runs as a Dask task
+in a worker's thread pool (the worker's own event loop stays free for its heartbeats)
+with :func:`~.run.run_shard`, which owns an event loop of its own. A task whose worker
+died is run again by Dask on another worker; its journals bound what is sent twice to
+what was in flight. Progress comes back as throttled worker events on a topic the driver
+subscribes to.
+
+At most ``concurrency`` requests are in flight over the whole cluster: the window holds
+at most ``min(worker threads, concurrency)`` shards, each with ``concurrency // window``
+requests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .._bulk.download import DownloadReport
+from .._bulk.progress import ProgressCallback
+from .._bulk.upload import UploadReport
+from .merge import merge_reports
+from .plan import plan_downloads, plan_uploads
+from .progress import ProgressMerger, forwarding
+from .run import ShardReport, new_attempt_id, run_shard
+from .spec import ShardSpec, Target
+
+if TYPE_CHECKING:
+    import distributed
+
+__all__ = ["DEFAULT_SHARDS", "download_studies", "store_folders"]
+
+#: Shards a plan is cut into unless told otherwise. A fixed number, not one derived from
+#: the cluster, so that a re-run on another cluster finds the same shards (and journals).
+DEFAULT_SHARDS = 64
+
+
+def store_folders(
+    sources: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    target: Target,
+    *,
+    client: distributed.Client | str,
+    concurrency: int = 16,
+    shards: int = DEFAULT_SHARDS,
+    journal_dir: str | os.PathLike[str] | None = None,
+    max_request_bytes: int | None = None,
+    progress: ProgressCallback | None = None,
+    retries: int = 2,
+) -> UploadReport:
+    """Upload files and folders over a Dask cluster, whole studies per shard.
+
+    Parameters
+    ----------
+    sources : path or iterable of paths
+        Files and folders, on storage every worker can read at the same paths.
+    target : Target
+        The server, as settings (credentials are taken on the workers).
+    client : distributed.Client or str
+        A Dask client, or a scheduler address to connect to (and disconnect from).
+    concurrency : int
+        Requests in flight over the whole cluster.
+    shards : int
+        How many shards the upload is cut into (at most one per study).
+    journal_dir : path, optional
+        Shared storage for per-attempt journals and finished shards' reports: a re-run
+        with the same sources, target and ``shards`` skips what is done.
+    max_request_bytes : int, optional
+        As in ``store_folder``.
+    progress : callable, optional
+        Called with summed :class:`~dicomweb_async.Progress` events (in the Dask client's
+        thread).
+    retries : int
+        Times Dask runs a shard again after it raised (a worker that died is handled by
+        Dask itself).
+
+    Returns
+    -------
+    UploadReport
+        Every input file exactly once.
+    """
+    with _Connection(client, concurrency) as (dask_client, window, per_shard):
+        plan = plan_uploads(
+            sources,
+            target,
+            shards=shards,
+            concurrency=per_shard,
+            journal_dir=journal_dir,
+            max_request_bytes=max_request_bytes,
+        )
+        merger = ProgressMerger("upload", progress, sum(len(s.members) for s in plan))
+        reports, errors = _run_all(dask_client, plan, window, merger, retries)
+        merged = merge_reports(plan, reports, errors)
+        assert isinstance(merged, UploadReport)
+        return merged
+
+
+def download_studies(
+    studies: Iterable[str],
+    target: Target,
+    output_dir: str | os.PathLike[str],
+    *,
+    client: distributed.Client | str,
+    concurrency: int = 16,
+    shards: int = DEFAULT_SHARDS,
+    journal_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+    retries: int = 2,
+) -> DownloadReport:
+    """Download studies over a Dask cluster into ``output_dir`` (shared by the workers).
+
+    Parameters are those of :func:`store_folders`; ``studies`` are StudyInstanceUIDs
+    (duplicates dropped). Instances already complete on disk are skipped.
+
+    Returns
+    -------
+    DownloadReport
+    """
+    with _Connection(client, concurrency) as (dask_client, window, per_shard):
+        plan = plan_downloads(
+            studies,
+            target,
+            output_dir,
+            shards=shards,
+            concurrency=per_shard,
+            journal_dir=journal_dir,
+        )
+        merger = ProgressMerger("download", progress, None)
+        reports, errors = _run_all(dask_client, plan, window, merger, retries)
+        merged = merge_reports(plan, reports, errors)
+        assert isinstance(merged, DownloadReport)
+        return merged
+
+
+class _Connection:
+    """The Dask client (connected here if given an address) and the concurrency split."""
+
+    def __init__(self, client: distributed.Client | str, concurrency: int):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._given = client
+        self._concurrency = concurrency
+        self._owned: Any = None
+
+    def __enter__(self) -> tuple[Any, int, int]:
+        # distributed's API is untyped: its objects are handled as Any here.
+        dask: Any = importlib.import_module("distributed")
+        client: Any = self._given
+        if isinstance(client, str):
+            client = self._owned = dask.Client(client)
+        slots = max(1, sum(client.nthreads().values()))
+        window = max(1, min(slots, self._concurrency))
+        return client, window, max(1, self._concurrency // window)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._owned is not None:
+            self._owned.close()
+
+
+def _task(spec: ShardSpec, topic: str) -> ShardReport:
+    """What a Dask worker runs: one attempt of one shard, sending progress events."""
+    dask: Any = importlib.import_module("distributed")
+    worker = dask.get_worker()
+    attempt = new_attempt_id()
+
+    def send(fields: dict[str, Any]) -> None:
+        worker.log_event(topic, fields)
+
+    return run_shard(spec, attempt=attempt, progress=forwarding(send, spec.shard_id, attempt))
+
+
+def _run_all(
+    client: Any,
+    plan: list[ShardSpec],
+    window: int,
+    merger: ProgressMerger,
+    retries: int,
+) -> tuple[list[ShardReport], dict[str, str]]:
+    dask: Any = importlib.import_module("distributed")
+
+    topic = f"dicomweb-async-progress-{uuid.uuid4().hex}"
+    client.subscribe_topic(topic, lambda event: merger.update(event[1]))
+    reports: list[ShardReport] = []
+    errors: dict[str, str] = {}
+    waiting = iter(plan)
+    running: dict[Any, ShardSpec] = {}
+    completed = dask.as_completed()
+
+    def submit_next() -> None:
+        spec = next(waiting, None)
+        if spec is not None:
+            future = client.submit(
+                _task,
+                spec,
+                topic,
+                key=f"dicomweb-async-{spec.shard_id}-{uuid.uuid4().hex[:8]}",
+                pure=False,
+                retries=retries,
+            )
+            running[future.key] = spec
+            completed.add(future)
+
+    try:
+        for _ in range(window):
+            submit_next()
+        for future in completed:
+            spec = running.pop(future.key)
+            try:
+                reports.append(future.result())
+            except Exception as exc:  # the shard's last error, after Dask's retries
+                errors[spec.shard_id] = f"{type(exc).__name__}: {exc}"
+            submit_next()
+    finally:
+        client.unsubscribe_topic(topic)
+    merger.finish()
+    return reports, errors

@@ -1,0 +1,194 @@
+"""Sharded transfers on a real local Dask cluster: 2 worker processes on 127.0.0.1, no
+dashboard, against the loopback server, including a worker killed mid-shard."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomweb_async import Progress, UploadReport
+from dicomweb_async.distributed import Target, download_studies, store_folders
+from tests.loopback_server import LoopbackServer, write_instance_files
+from tests.test_bulk_upload import posts, sop_of, stored_parts
+
+distributed = pytest.importorskip("distributed")
+
+SIZE = 8192
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        worker_dashboard_address=None,
+        silence_logs=40,
+    )
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LoopbackServer]:
+    with LoopbackServer(storage_dir=tmp_path / "server-store") as srv:
+        yield srv
+        assert srv.errors == []
+
+
+def _archive(root: Path, studies: int, per_study: int) -> list[Path]:
+    files: list[Path] = []
+    for number in range(1, studies + 1):
+        uid = f"1.2.826.0.1.3680043.8.498.9300{number}"
+        files += write_instance_files(root / f"s{number}", per_study, SIZE, study_uid=uid)
+    return files
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_each_once_on_the_server(server: LoopbackServer, files: list[Path]) -> None:
+    for path in files:
+        held = server.get_instance(sop_of(path))
+        assert held is not None and held.path is not None
+        assert _digest(held.path) == _digest(path)
+    held_count = sum(len(s) for study in server.registry().values() for s in study.values())
+    assert held_count == len(files)
+
+
+def test_an_upload_over_two_workers(
+    dask_client: Any, server: LoopbackServer, tmp_path: Path
+) -> None:
+    files = _archive(tmp_path / "in", studies=6, per_study=4)
+    events: list[Progress] = []
+    server.latency = 0.005
+
+    report = store_folders(
+        tmp_path / "in",
+        Target(server.url),
+        client=dask_client,
+        concurrency=4,
+        shards=6,
+        journal_dir=tmp_path / "journals",
+        progress=events.append,
+    )
+
+    assert isinstance(report, UploadReport) and report.ok
+    assert sorted(o.path for o in report.outcomes) == sorted(files)
+    assert Counter(stored_parts(server).values()) == Counter({1: len(files)})
+    _assert_each_once_on_the_server(server, files)
+    # Never more requests at once than the total bound, over all workers.
+    assert 1 <= server.max_in_flight <= 4
+    assert events and events[-1].final and events[-1].done == len(files)
+    assert events[-1].total == len(files)
+
+    # A re-run finds every shard finished and sends nothing.
+    sent = len(posts(server))
+    again = store_folders(
+        tmp_path / "in",
+        Target(server.url),
+        client=dask_client,
+        concurrency=4,
+        shards=6,
+        journal_dir=tmp_path / "journals",
+    )
+    assert again.ok and len(posts(server)) == sent
+    assert sorted(o.path for o in again.outcomes) == sorted(files)
+
+
+@pytest.mark.parametrize("mode", ["azure", "orthanc"])
+def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(
+    dask_client: Any, server: LoopbackServer, tmp_path: Path, mode: str
+) -> None:
+    # Azure answers a second copy with 409 (45070, already stored); Orthanc with 200.
+    server.duplicate_policy = "conflict" if mode == "azure" else "accept"
+    server.latency = 0.03
+    files = _archive(tmp_path / "in", studies=4, per_study=10)
+    # All four worker threads up (a worker killed by the other mode may still be coming
+    # back), so that the bound splits into one request per shard.
+    dask_client.wait_for_workers(2, timeout=60)
+    concurrency, shards = 4, 4
+    result: dict[str, UploadReport] = {}
+
+    def upload() -> None:
+        result["report"] = store_folders(
+            tmp_path / "in",
+            Target(server.url),
+            client=dask_client,
+            concurrency=concurrency,
+            shards=shards,
+            journal_dir=tmp_path / "journals",
+        )
+
+    driver = threading.Thread(target=upload)
+    driver.start()
+    # Once a shard's journal shows instances the server confirmed, kill the worker process
+    # running it (its pid is part of the attempt's name: <time>-<pid>-<random>.jsonl).
+    workers = set(dask_client.run(os.getpid).values())
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None:
+        assert time.monotonic() < deadline, "no shard confirmed anything"
+        for journal in (tmp_path / "journals").glob("*/*.jsonl"):
+            pid = int(journal.stem.split("-")[1])
+            if pid in workers and len(journal.read_bytes().splitlines()) >= 2:
+                victim = pid
+                break
+        time.sleep(0.005)
+    os.kill(victim, signal.SIGKILL)
+    driver.join(timeout=180)
+    assert not driver.is_alive()
+
+    report = result["report"]
+    assert report.ok, [o.message for o in report.failed]
+    # Every input exactly once in the merged report.
+    assert sorted(o.path for o in report.outcomes) == sorted(files)
+    # Every instance on the server exactly once, byte for byte.
+    _assert_each_once_on_the_server(server, files)
+    # What was sent twice is bounded by what one shard keeps in flight.
+    received = Counter(
+        part.sop_uid for r in posts(server) if r.status is not None for part in r.parts
+    )
+    twice = [sop for sop, n in received.items() if n > 1]
+    # The bound is shared by 2 workers x 2 threads: one request per shard. The killed
+    # worker ran at most two shards, so at most two instances were in flight on it.
+    per_shard = concurrency // 4
+    assert len(twice) <= 2 * per_shard, twice
+    # The killed worker's shards really ran again: a second attempt, a second journal.
+    attempts = [len(list(d.glob("*.jsonl"))) for d in (tmp_path / "journals").iterdir()]
+    assert max(attempts) >= 2, attempts
+    if mode == "azure":
+        assert all(o.status in ("stored", "already_stored") for o in report.outcomes)
+
+
+def test_a_download_over_two_workers(
+    dask_client: Any, server: LoopbackServer, tmp_path: Path
+) -> None:
+    uids = [f"1.2.826.0.1.3680043.8.498.9400{n}" for n in range(1, 6)]
+    for uid in uids:
+        server.add_synthetic_study(uid, 3, SIZE)
+
+    report = download_studies(
+        uids + uids[:2], Target(server.url), tmp_path / "out", client=dask_client, concurrency=4
+    )
+
+    assert report.ok and len(report.outcomes) == 15
+    assert {o.study_instance_uid for o in report.outcomes} == set(uids)
+    assert all(o.path is not None and o.path.stat().st_size == SIZE for o in report.outcomes)
