@@ -785,3 +785,48 @@ def test_progress_bar_on_a_terminal(loopback: LoopbackServer, good_folder: Path)
     assert text.count("\r") >= 3
     assert "3/3 files" in text
     assert counts(out)["stored"] == 3
+
+
+# -- sharded over a local Dask cluster ---------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_upload_and_download_over_local_dask_workers(
+    loopback: LoopbackServer, good_folder: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("distributed")
+    loopback.require_auth(f"Bearer {SECRET}")
+    journals = tmp_path / "journals"
+    up = run_cli(
+        f"upload --workers 2 --concurrency 4 --token {SECRET} --journal",
+        journals,
+        good_folder,
+        url=loopback.url,
+        timeout=150,
+    )
+    assert up.returncode == 0, up.stderr
+    assert counts(up.stdout)["stored"] == 3
+    assert len(list(journals.glob("*/report.json"))) >= 1  # per-shard journals and reports
+    assert loopback.max_in_flight <= 4
+    out = tmp_path / "out"
+    down = run_cli(
+        f"download {STUDY} --workers 2 --token-env MY_TOKEN --out",
+        out,
+        url=loopback.url,
+        env={"MY_TOKEN": SECRET},
+        timeout=150,
+    )
+    assert down.returncode == 0, down.stderr
+    assert len(list(out.rglob("*.dcm"))) == 3
+    for result in (up, down):
+        assert SECRET not in result.stdout + result.stderr
+
+
+def test_cluster_options_refuse_what_workers_cannot_get(loopback: LoopbackServer) -> None:
+    pytest.importorskip("distributed")
+    basic = run_cli("upload --workers 2 --user u --password p .", url=loopback.url)
+    assert basic.returncode == 2 and "bearer token" in basic.stderr
+    remote = run_cli(f"upload --scheduler tcp://127.0.0.1:1 --token {SECRET} .", url=loopback.url)
+    assert remote.returncode == 2 and "--token-env" in remote.stderr
+    both = run_cli("upload --workers 2 --scheduler tcp://127.0.0.1:1 .", url=loopback.url)
+    assert both.returncode == 2 and "not allowed with" in both.stderr

@@ -187,6 +187,22 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
     )
 
 
+def _add_cluster_options(parser: argparse.ArgumentParser, positive: Any) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--workers",
+        type=positive,
+        metavar="N",
+        help="shard the work over a local Dask cluster of N processes on 127.0.0.1 "
+        "(--concurrency stays the total; needs the dask extra)",
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="shard the work over the Dask cluster of this scheduler (tcp://host:8786)",
+    )
+
+
 def _add_resource(parser: argparse.ArgumentParser, *, instance: bool) -> None:
     """STUDY [SERIES [SOP]] positionals; all three are required for an ``instance``."""
     optional: dict[str, Any] = {} if instance else {"nargs": "?"}
@@ -241,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument(
         "--journal",
         metavar="FILE",
-        help="record confirmed instances in FILE; a re-run with it skips them",
+        help="record confirmed instances in FILE; a re-run with it skips them "
+        "(with --workers or --scheduler: a folder of per-shard journals)",
     )
+    _add_cluster_options(upload, positive)
 
     download = command("download", "Download studies to DIR/<study>/<series>/<sop>.dcm, WADO-RS.")
     download.add_argument("studies", nargs="*", metavar="STUDY_UID")
@@ -256,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="fetch instances again even when their file is already complete",
     )
+    _add_cluster_options(download, positive)
     download.add_argument(
         "--filter",
         action="append",

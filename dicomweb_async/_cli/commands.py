@@ -13,7 +13,8 @@ from typing import Any, TextIO
 
 import anyio
 
-from .. import AsyncDICOMwebClient, DICOMwebError
+from .. import AsyncDICOMwebClient, DICOMwebError, DownloadReport, UploadReport, distributed
+from . import sharded
 from .console import Console
 from .tables import (
     SEARCH_COLUMNS,
@@ -85,13 +86,31 @@ class Context:
 async def upload(ctx: Context) -> bool:
     """Upload files and folders, then print the summary."""
     args = ctx.args
-    report = await ctx.client.store_folder(
-        args.sources,
-        concurrency=args.concurrency,
-        max_request_bytes=args.max_request_bytes,
-        journal=args.journal,
-        progress=ctx.console.progress,
-    )
+    report: UploadReport
+    if sharded.sharded(args):
+
+        def over_cluster() -> UploadReport:
+            with sharded.cluster(args) as client:
+                return distributed.store_folders(
+                    args.sources,
+                    args.target,
+                    client=client,
+                    concurrency=args.concurrency,
+                    journal_dir=args.journal,
+                    max_request_bytes=args.max_request_bytes,
+                    progress=ctx.console.progress,
+                )
+
+        # The cluster's client runs an event loop of its own: it is kept off this one.
+        report = await anyio.to_thread.run_sync(over_cluster)
+    else:
+        report = await ctx.client.store_folder(
+            args.sources,
+            concurrency=args.concurrency,
+            max_request_bytes=args.max_request_bytes,
+            journal=args.journal,
+            progress=ctx.console.progress,
+        )
     for line in upload_summary(report):
         ctx.print(ctx.console.redact(line))
     return report.ok
@@ -112,13 +131,29 @@ async def download(ctx: Context) -> bool:
         studies = list(dict.fromkeys([*studies, *matched]))
         if not studies:
             return True
-    report = await ctx.client.download_studies(
-        studies,
-        args.out,
-        concurrency=args.concurrency,
-        skip_existing=args.skip_existing,
-        progress=ctx.console.progress,
-    )
+    report: DownloadReport
+    if sharded.sharded(args):
+
+        def over_cluster() -> DownloadReport:
+            with sharded.cluster(args) as client:
+                return distributed.download_studies(
+                    studies,
+                    args.target,
+                    args.out,
+                    client=client,
+                    concurrency=args.concurrency,
+                    progress=ctx.console.progress,
+                )
+
+        report = await anyio.to_thread.run_sync(over_cluster)
+    else:
+        report = await ctx.client.download_studies(
+            studies,
+            args.out,
+            concurrency=args.concurrency,
+            skip_existing=args.skip_existing,
+            progress=ctx.console.progress,
+        )
     for line in download_summary(report):
         ctx.print(ctx.console.redact(line))
     return report.ok

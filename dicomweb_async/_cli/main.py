@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TextIO
 
 from .. import AsyncDICOMwebClient, DICOMwebError
-from . import commands
+from . import commands, sharded
 from .args import build_parser, check_command
 from .connection import Settings, resolve_settings
 from .console import Console, logging_to
@@ -106,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(arguments)
             settings = resolve_settings(args, parser, redact)
             check_command(args, parser)
+            if sharded.sharded(args):
+                if settings.ask_password_for is not None:
+                    parser.error("--workers and --scheduler take a bearer token, not --user")
+                if args.command == "download" and not args.skip_existing:
+                    parser.error("--no-skip-existing does not combine with --workers")
+                args.target = sharded.target(args, settings.url, settings.auth, parser)
     except SystemExit as exc:
         sys.stderr.write(redact(errors.getvalue()))
         sys.stderr.flush()
