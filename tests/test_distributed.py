@@ -7,8 +7,10 @@ Engines (Dask, Ray) are not involved here: they only call ``run_shard`` somewher
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -190,16 +192,62 @@ def test_two_attempts_of_one_shard_at_once(server: LoopbackServer, tmp_path: Pat
         t.join(timeout=60)
 
     assert set(results) == {"one", "two"} and all(r.ok for r in results.values())
+    # One attempt held the shard's lock and ran it; the other waited and took its report:
+    # nothing was sent twice.
+    ran = [name for name, r in results.items() if not r.reused]
+    assert len(ran) == 1
+    assert Counter(stored_parts(server).values()) == Counter({1: len(files)})
     folder = tmp_path / "j" / spec.shard_id
-    recorded: set[str] = set()
-    for name in ("one", "two"):
-        entries = [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines()]
-        recorded |= {e["sop"] for e in entries}
-    assert recorded == {sop_of(p) for p in files}  # the union is every instance
+    entries = [json.loads(x) for x in (folder / f"{ran[0]}.jsonl").read_text().splitlines()]
+    assert {e["sop"] for e in entries} == {sop_of(p) for p in files}
+    assert not (folder / "active.lock").exists()  # the lock goes with its attempt
     merged = merge_reports([spec], results.values())
     assert sorted(o.path for o in merged.outcomes) == sorted(files) and merged.ok
     report = json.loads((folder / "report.json").read_text())
-    assert report["attempt"] in {"one", "two"} and len(report["outcomes"]) == len(files)
+    assert report["attempt"] == ran[0] and len(report["outcomes"]) == len(files)
+
+
+def test_a_held_lock_makes_an_attempt_wait_and_a_stale_one_does_not(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    _archive(tmp_path / "in", {"a": 3})
+    (spec,) = plan_uploads(
+        tmp_path / "in", Target(server.url), shards=1, journal_dir=tmp_path / "j"
+    )
+    folder = tmp_path / "j" / spec.shard_id
+    folder.mkdir(parents=True)
+    lock = folder / "active.lock"
+    lock.write_text("another-attempt")
+    released_at: list[float] = []
+
+    def hold_then_release() -> None:
+        for _ in range(10):  # renewed as a live attempt renews it, for about a second
+            os.utime(lock)
+            time.sleep(0.1)
+        released_at.append(time.monotonic())
+        lock.unlink()
+
+    holder = threading.Thread(target=hold_then_release)
+    holder.start()
+    report = run_shard(spec, lease_ttl=5)
+    holder.join()
+    assert report.ok and released_at
+    assert min(r.started for r in posts(server)) >= released_at[0]
+
+    # A lock nobody renews (its process died) holds an attempt only until it goes stale.
+    _archive(tmp_path / "in2", {"b": 2})
+    (spec2,) = plan_uploads(
+        tmp_path / "in2", Target(server.url), shards=1, journal_dir=tmp_path / "j"
+    )
+    folder2 = tmp_path / "j" / spec2.shard_id
+    folder2.mkdir(parents=True)
+    dead = folder2 / "active.lock"
+    dead.write_text("a-dead-attempt")
+    os.utime(dead, (time.time() - 60, time.time() - 60))
+    started = time.monotonic()
+    assert run_shard(spec2, lease_ttl=30).ok
+    assert time.monotonic() - started < 10
+    assert not dead.exists()
 
 
 def test_download_shards_write_every_study(server: LoopbackServer, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -33,16 +35,34 @@ def dask_client() -> Iterator[Any]:
         threads_per_worker=2,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
-        worker_dashboard_address=None,
+        # No dashboard; the HTTP endpoints Dask always serves go to a free loopback port.
+        dashboard_address="127.0.0.1:0",
+        worker_dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
         silence_logs=40,
     )
     client = distributed.Client(cluster)
     try:
+        _assert_loopback_only(client)
         yield client
     finally:
         client.close()
         cluster.close()
+
+
+def _assert_loopback_only(client: Any) -> None:
+    """Every socket the cluster's processes listen on is bound to 127.0.0.1."""
+    import psutil
+
+    pids = {os.getpid(), *client.run(os.getpid).values()}
+    for pid in list(pids):
+        pids |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    listening = [
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
+    assert listening and all(ip == "127.0.0.1" for ip in listening), listening
 
 
 @pytest.fixture
@@ -192,3 +212,53 @@ def test_a_download_over_two_workers(
     assert report.ok and len(report.outcomes) == 15
     assert {o.study_instance_uid for o in report.outcomes} == set(uids)
     assert all(o.path is not None and o.path.stat().st_size == SIZE for o in report.outcomes)
+
+
+def test_the_driver_killed_and_the_job_run_again(
+    dask_client: Any, server: LoopbackServer, tmp_path: Path
+) -> None:
+    server.latency = 0.02
+    files = _archive(tmp_path / "in", studies=8, per_study=6)
+    journals = tmp_path / "journals"
+    dask_client.wait_for_workers(2, timeout=60)
+    address = dask_client.scheduler.address
+    concurrency = 4
+    script = (
+        "import sys\n"
+        "from dicomweb_async.distributed import Target, store_folders\n"
+        "store_folders(sys.argv[1], Target(sys.argv[2]), client=sys.argv[3],\n"
+        f"              concurrency={concurrency}, shards=8, journal_dir=sys.argv[4])\n"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "in"), server.url, address, str(journals)]
+    )
+    try:
+        # Kill the driver once some shards have finished and others have not.
+        deadline = time.monotonic() + 90
+        while len(list(journals.glob("*/report.json"))) < 2:
+            assert time.monotonic() < deadline and driver.poll() is None, "no shard finished"
+            time.sleep(0.005)
+        driver.kill()
+    finally:
+        driver.wait(timeout=30)
+    finished_before = {p.parent.name for p in journals.glob("*/report.json")}
+    assert len(finished_before) < 8, "the driver finished before it was killed"
+
+    report = store_folders(
+        tmp_path / "in",
+        Target(server.url),
+        client=dask_client,
+        concurrency=concurrency,
+        shards=8,
+        journal_dir=journals,
+    )
+
+    assert report.ok, [o.message for o in report.failed]
+    assert sorted(o.path for o in report.outcomes) == sorted(files)
+    _assert_each_once_on_the_server(server, files)
+    received = Counter(
+        part.sop_uid for r in posts(server) if r.status is not None for part in r.parts
+    )
+    # Sent twice: at most what the killed run had in flight (its tasks may even have run on
+    # beside the new ones, each attempt with a journal of its own).
+    assert sum(n - 1 for n in received.values()) <= concurrency, received.most_common(8)

@@ -64,8 +64,10 @@ def cluster(args: argparse.Namespace) -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
-            worker_dashboard_address=None,
+            # No dashboard; the HTTP endpoints Dask always serves take a free loopback port.
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
             silence_logs=40,
         ) as local,
         dask.Client(local) as client,

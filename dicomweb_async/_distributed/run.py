@@ -7,6 +7,9 @@ copies of one, so:
 * each attempt appends to a journal of its own, ``<journal_dir>/<shard_id>/<attempt>.jsonl``,
   and reads the others': what any attempt saw confirmed is not sent again, and no journal
   file ever has two writers;
+* one attempt at a time runs a shard: it holds ``active.lock`` (created exclusively and
+  renewed every second) and the others wait, so two live attempts never send one shard
+  at once; a dead attempt's lock goes stale and is taken over;
 * a finished shard leaves ``report.json`` next to them (written to a temporary name and
   renamed); a later run of the same shard with nothing failed returns that report instead
   of running again.
@@ -14,9 +17,11 @@ copies of one, so:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +39,11 @@ from .spec import Kind, ShardSpec
 __all__ = ["REPORT_NAME", "ShardReport", "run_shard"]
 
 REPORT_NAME = "report.json"
+LOCK_NAME = "active.lock"
+#: Seconds between renewals of the shard lock, and after which one counts as abandoned.
+LEASE_BEAT = 1.0
+LEASE_TTL = 10.0
+LEASE_POLL = 0.2
 
 
 @dataclass
@@ -70,7 +80,11 @@ def new_attempt_id() -> str:
 
 
 def run_shard(
-    spec: ShardSpec, *, attempt: str | None = None, progress: ProgressCallback | None = None
+    spec: ShardSpec,
+    *,
+    attempt: str | None = None,
+    progress: ProgressCallback | None = None,
+    lease_ttl: float = LEASE_TTL,
 ) -> ShardReport:
     """Run ``spec`` to the end and return its report (blocking; owns its event loop).
 
@@ -81,6 +95,10 @@ def run_shard(
         This attempt's id; by default a new unique one.
     progress : callable, optional
         Called with :class:`~dicomweb_async.Progress` events, in this thread.
+    lease_ttl : float
+        With a ``journal_dir``: one attempt at a time runs a shard, holding a lock it
+        renews every second; the others wait. A lock not renewed for this many seconds
+        (its process died) is taken over.
 
     Returns
     -------
@@ -88,20 +106,85 @@ def run_shard(
     """
     attempt = attempt or new_attempt_id()
     folder = Path(spec.journal_dir) / spec.shard_id if spec.journal_dir else None
-    if folder is not None:
+    if folder is None:
+        report = anyio.run(_run, spec, None, progress)
+        return ShardReport(spec.shard_id, spec.kind, attempt, report)
+    earlier = _load_report(folder / REPORT_NAME, spec, attempt)
+    if earlier is not None and earlier.ok:
+        return earlier
+    folder.mkdir(parents=True, exist_ok=True)
+    with _ShardLock(folder, attempt, lease_ttl):
+        # An attempt that held the lock before may have finished the shard meanwhile.
         earlier = _load_report(folder / REPORT_NAME, spec, attempt)
         if earlier is not None and earlier.ok:
             return earlier
-    journal = None
-    if folder is not None and spec.kind == "store":
-        folder.mkdir(parents=True, exist_ok=True)
-        others = sorted(p for p in folder.glob("*.jsonl") if p.stem != attempt)
-        journal = Journal(folder / f"{attempt}.jsonl", also=others)
-    report = anyio.run(_run, spec, journal, progress)
-    shard = ShardReport(spec.shard_id, spec.kind, attempt, report)
-    if folder is not None:
+        journal = None
+        if spec.kind == "store":
+            others = sorted(p for p in folder.glob("*.jsonl") if p.stem != attempt)
+            journal = Journal(folder / f"{attempt}.jsonl", also=others)
+        report = anyio.run(_run, spec, journal, progress)
+        shard = ShardReport(spec.shard_id, spec.kind, attempt, report)
         _save_report(folder, shard)
-    return shard
+        return shard
+
+
+class _ShardLock:
+    """``active.lock`` in the shard's folder: created exclusively, renewed while held.
+
+    One attempt at a time holds it; the others wait. A lock whose holder stopped renewing
+    it (its process died) is taken over after ``ttl`` seconds: renamed away first, which
+    only one of several waiting attempts can do.
+    """
+
+    def __init__(self, folder: Path, attempt: str, ttl: float) -> None:
+        self.path = folder / LOCK_NAME
+        self.attempt = attempt
+        self.ttl = ttl
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._renew, daemon=True)
+
+    def _take(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, self.attempt.encode("utf-8"))
+        finally:
+            os.close(fd)
+        return True
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age <= self.ttl:
+            return
+        aside = self.path.with_name(f".{LOCK_NAME}.{self.attempt}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path, aside)  # fails for all but one taker
+            aside.unlink()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_BEAT):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def __enter__(self) -> _ShardLock:
+        while not self._take():
+            self._take_over_if_stale()
+            time.sleep(LEASE_POLL)
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._beat.join()
+        with contextlib.suppress(OSError):
+            # Only a lock still ours: one taken over meanwhile belongs to another attempt.
+            if self.path.read_text(encoding="utf-8") == self.attempt:
+                self.path.unlink()
 
 
 async def _run(
