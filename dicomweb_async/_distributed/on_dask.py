@@ -7,9 +7,10 @@ died is run again by Dask on another worker; its journals bound what is sent twi
 what was in flight. Progress comes back as throttled worker events on a topic the driver
 subscribes to.
 
-At most ``concurrency`` requests are in flight over the whole cluster: the window holds
-at most ``min(worker threads, concurrency)`` shards, each with ``concurrency // window``
-requests.
+At most ``concurrency`` requests are in flight over the whole cluster: at most
+``window = min(worker threads, concurrency)`` shards run at once (a cluster-wide Dask
+semaphore of that many leases), each with ``concurrency // window`` requests; twice that
+many shards are queued, so that workers do not wait on the driver between shards.
 """
 
 from __future__ import annotations
@@ -160,8 +161,13 @@ class _Connection:
             self._owned.close()
 
 
-def _task(spec: ShardSpec, topic: str) -> ShardReport:
-    """What a Dask worker runs: one attempt of one shard, sending progress events."""
+def _task(spec: ShardSpec, topic: str, slots: str, window: int) -> ShardReport:
+    """What a Dask worker runs: one attempt of one shard, sending progress events.
+
+    It holds one lease of the run's cluster-wide semaphore while it runs, so however
+    many tasks are queued, and however the cluster grows, at most ``window`` shards (and
+    so ``concurrency`` requests) run at once.
+    """
     dask: Any = importlib.import_module("distributed")
     worker = dask.get_worker()
     attempt = new_attempt_id()
@@ -169,7 +175,8 @@ def _task(spec: ShardSpec, topic: str) -> ShardReport:
     def send(fields: dict[str, Any]) -> None:
         worker.log_event(topic, fields)
 
-    return run_shard(spec, attempt=attempt, progress=forwarding(send, spec.shard_id, attempt))
+    with dask.Semaphore(max_leases=window, name=slots):
+        return run_shard(spec, attempt=attempt, progress=forwarding(send, spec.shard_id, attempt))
 
 
 def _run_all(
@@ -181,7 +188,9 @@ def _run_all(
 ) -> tuple[list[ShardReport], dict[str, str]]:
     dask: Any = importlib.import_module("distributed")
 
-    topic = f"dicomweb-async-progress-{uuid.uuid4().hex}"
+    run_id = uuid.uuid4().hex
+    topic = f"dicomweb-async-progress-{run_id}"
+    slots = f"dicomweb-async-shards-{run_id}"
     client.subscribe_topic(topic, lambda event: merger.update(event[1]))
     reports: list[ShardReport] = []
     errors: dict[str, str] = {}
@@ -196,6 +205,8 @@ def _run_all(
                 _task,
                 spec,
                 topic,
+                slots,
+                window,
                 key=f"dicomweb-async-{spec.shard_id}-{uuid.uuid4().hex[:8]}",
                 pure=False,
                 retries=retries,
@@ -204,7 +215,9 @@ def _run_all(
             completed.add(future)
 
     try:
-        for _ in range(window):
+        # Twice the window is queued, so a worker finishing a shard finds the next one
+        # waiting instead of a round trip to this driver; the semaphore keeps the bound.
+        for _ in range(2 * window):
             submit_next()
         for future in completed:
             spec = running.pop(future.key)

@@ -1,0 +1,165 @@
+"""A folder of small instances stored by one process and by a local Dask cluster.
+
+Run from the repository root (Dask must be installed; ``pip install ".[dask]"``)::
+
+    python -m benchmarks.bench_distributed                      # latency-bound case
+    python -m benchmarks.bench_distributed --count 20000 --latency 0.005 --workers 1,2
+
+The instances are spread over ``--studies`` studies (a study is never split over two
+shards). Case (a) is ``store_folder`` in one process at each ``--concurrency``; case (b)
+is ``dicomweb_async.distributed.store_folders`` over a fresh local cluster of N worker
+processes (one thread each) at the same total concurrency. Starting the cluster (and
+importing the package on its workers) is timed on its own and left out of (b)'s rate. Every run is a fresh process or cluster against
+the loopback server (a process of its own on 127.0.0.1, ``--hashing none``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import _common as common
+
+SINGLE = """
+import asyncio, json, sys, time
+from dicomweb_async import AsyncDICOMwebClient
+async def main():
+    async with AsyncDICOMwebClient(sys.argv[1], max_connections=int(sys.argv[3])) as client:
+        t = time.perf_counter()
+        report = await client.store_folder(sys.argv[2], concurrency=int(sys.argv[3]))
+        return time.perf_counter() - t, len(report.stored) + len(report.already_stored)
+elapsed, stored = asyncio.run(main())
+print(json.dumps({"elapsed": elapsed, "stored": stored}))
+"""
+
+
+def _levels(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=1600, help="instances (default 1600)")
+    parser.add_argument("--size", type=common.parse_size, default=16 * 1024, help="default 16k")
+    parser.add_argument("--studies", type=int, default=32, help="studies (default 32)")
+    parser.add_argument("--latency", type=float, default=0.02, help="server latency, s (0.02)")
+    parser.add_argument("--concurrency", type=_levels, default=[16], help="totals (16)")
+    parser.add_argument("--workers", type=_levels, default=[2], help="cluster sizes (2)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (default 3)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="scratch parent (/tmp)")
+    return parser
+
+
+def _single(url: str, folder: Path, concurrency: int) -> tuple[float, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", SINGLE, url, str(folder), str(concurrency)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=common.REPO_ROOT,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(result["elapsed"]), int(result["stored"])
+
+
+def _cluster(url: str, folder: Path, workers: int, concurrency: int) -> tuple[float, int, float]:
+    import distributed
+
+    from dicomweb_async.distributed import Target, store_folders
+
+    started = time.perf_counter()
+    with (
+        distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=40,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.wait_for_workers(workers)
+        # Importing the package on each worker is part of starting up, not of the upload.
+        client.run(importlib.import_module, "dicomweb_async.distributed")
+        startup = time.perf_counter() - started
+        t = time.perf_counter()
+        report = store_folders(folder, Target(url), client=client, concurrency=concurrency)
+        elapsed = time.perf_counter() - t
+    return elapsed, len(report.stored) + len(report.already_stored), startup
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tests.loopback_server import write_instance_files
+
+    common.progress(common.environment(None))
+    rows: dict[str, list[float]] = {}
+    startups: dict[int, list[float]] = {}
+    per_study = max(1, args.count // args.studies)
+    with common.scratch_dir(args.out_dir) as scratch:
+        folder = scratch / "instances"
+        for number in range(args.studies):
+            write_instance_files(
+                folder / f"study{number}",
+                per_study,
+                args.size,
+                study_uid=f"1.2.826.0.1.3680043.8.498.8800{number + 1}",
+            )
+        count = per_study * args.studies
+        common.progress(f"wrote {count} x {args.size} bytes in {args.studies} studies")
+        server_args = ("--latency", str(args.latency), "--hashing", "none")
+        for _ in range(args.repeat):
+            for level in args.concurrency:
+                # A fresh server per run: what an earlier run stored would answer 409s.
+                with common.loopback_server(*server_args) as url:
+                    elapsed, stored = _single(url, folder, level)
+                label = f"(a) one process, store_folder, c={level}"
+                rows.setdefault(label, []).append(stored / elapsed)
+                common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
+                for workers in args.workers:
+                    with common.loopback_server(*server_args) as url:
+                        elapsed, stored, startup = _cluster(url, folder, workers, level)
+                    label = f"(b) Dask, {workers} worker process(es), total c={level}"
+                    rows.setdefault(label, []).append(stored / elapsed)
+                    startups.setdefault(workers, []).append(startup)
+                    common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
+    best_single = max(statistics.median(v) for k, v in rows.items() if k.startswith("(a)"))
+    title = (
+        f"Store of {count} x {args.size / 1024:g} KiB in {args.studies} studies, server "
+        f"latency {args.latency * 1000:g} ms, {args.repeat} runs"
+    )
+    lines = [
+        [
+            label,
+            f"{statistics.median(v):.0f}",
+            f"{min(v):.0f}..{max(v):.0f}",
+            f"{statistics.median(v) / best_single:.2f}x",
+        ]
+        for label, v in rows.items()
+    ]
+    common.print_rows(
+        title, ["case", "median inst/s", "min..max", "vs best single process"], lines
+    )
+    start_lines = [
+        [f"{w} worker process(es)", f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}"]
+        for w, v in startups.items()
+    ]
+    common.print_rows(
+        "Local cluster start-up (not in the rates above)",
+        ["cluster", "median s", "min..max s"],
+        start_lines,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
