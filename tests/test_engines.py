@@ -6,8 +6,10 @@ proxy (``tests/proxy.py``) and a TLS relay.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -236,3 +238,88 @@ async def test_refused_connections_and_read_timeouts(engine: str, server: Loopba
         async with AsyncDICOMwebClient(server.url, engine=engine, timeout=timeout) as client:  # type: ignore[arg-type]
             with pytest.raises(TimeoutError, match="timed out"):
                 await client.search_for_studies()
+
+
+# -- read timeouts inside a body ---------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def stalling_server(sent: bytes, length: int) -> AsyncIterator[str]:
+    """A server whose answers send ``sent`` and 100 bytes of a ``length``-byte body, then stall."""
+    release = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        )
+        writer.write(head.encode("ascii") + sent)
+        await writer.drain()
+        # More after a pause shorter than the timeout: the body is under way, then stalls.
+        await asyncio.sleep(0.1)
+        writer.write(b" " * 100)
+        await writer.drain()
+        await release.wait()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        release.set()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_body_that_stalls_midway_times_out(engine: str) -> None:
+    timeout = httpx.Timeout(5.0, read=0.3)
+    async with (
+        stalling_server(b"[" + b" " * 5000, 100_000) as url,
+        AsyncDICOMwebClient(url, engine=engine, timeout=timeout, retry=None) as client,  # type: ignore[arg-type]
+    ):
+        started = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(TimeoutError, match="timed out"):
+            await client.search_for_studies()
+        assert anyio.current_time() - started < 5.0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_consumer_slower_than_the_read_timeout_is_not_timed_out(
+    engine: str, server: LoopbackServer
+) -> None:
+    sops = server.add_synthetic_study(STUDY, 4, 256 * 1024)
+    timeout = httpx.Timeout(5.0, read=0.2)
+    received = []
+    async with (
+        AsyncDICOMwebClient(server.url, engine=engine, timeout=timeout) as client,  # type: ignore[arg-type]
+        client.stream_study(STUDY) as parts,
+    ):
+        async for part in parts:
+            data = await part.read()
+            received.append(data)
+            await anyio.sleep(0.5)  # the whole rest of the body may be waiting meanwhile
+    assert received == [served(server, sop) for sop in sops]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_pooled_connection_keeps_its_read_timeout(
+    engine: str, server: LoopbackServer
+) -> None:
+    server.add_synthetic_study(STUDY, 1, 64 * 1024)
+    timeout = httpx.Timeout(5.0, read=0.3)
+    async with AsyncDICOMwebClient(
+        server.url,
+        engine=engine,
+        timeout=timeout,
+        retry=None,  # type: ignore[arg-type]
+    ) as client:
+        assert len(await client.search_for_studies()) == 1
+        server.latency = 1.0  # the next answer, on the same connection, comes too late
+        with anyio.fail_after(10), pytest.raises(TimeoutError, match="timed out"):
+            await client.search_for_studies()

@@ -77,30 +77,104 @@ def _buffered(content: aiohttp.StreamReader) -> bytes:
     return data
 
 
+class _ReadWatchdog:
+    """The read timeout of a response body, on one timer rather than one per chunk.
+
+    aiohttp re-arms its ``sock_read`` timer for every piece the socket delivers (a
+    cancelled handle and a new one each time, about a tenth of a second of CPU per GiB
+    read). Once the headers are in, the body's read timeout is kept here instead: the
+    stream notes when it starts waiting for data and when the wait ends, and a single
+    timer, re-armed at most once per timeout period, fails the body (through aiohttp's
+    own ``set_exception``) if one wait lasts longer than ``timeout``. Time the consumer
+    spends away from the stream is not counted, as with aiohttp, which stops its timer
+    while flow control holds the socket.
+    """
+
+    __slots__ = ("_content", "_handle", "_loop", "_timeout", "waiting_since")
+
+    def __init__(self, content: aiohttp.StreamReader, timeout: float) -> None:
+        self._content = content
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        #: Loop time at which the current wait for data began; None while not waiting.
+        self.waiting_since: float | None = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def _check(self) -> None:
+        since = self.waiting_since
+        if since is None:
+            self._handle = self._loop.call_later(self._timeout, self._check)
+            return
+        waited = self._loop.time() - since
+        if waited < self._timeout:
+            self._handle = self._loop.call_later(self._timeout - waited, self._check)
+            return
+        self._handle = None
+        self._content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data"))
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def _take_read_timeout(response: aiohttp.ClientResponse, timeout: float | None) -> bool:
+    """Stop aiohttp's per-chunk read timer for the body; True if it was stopped."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if timeout is None or protocol is None or not hasattr(protocol, "read_timeout"):
+        return False
+    # The handle aiohttp armed last still guards the wait for the next piece; the next
+    # piece cancels it without arming another. A pooled connection gets its timeout
+    # back with its next request.
+    protocol.read_timeout = None
+    return True
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """A response body read from aiohttp as it arrives, in whatever pieces are buffered."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request,
+        read_timeout: float | None = None,
+    ) -> None:
         self._response = response
         self._request = request
+        self._read_timeout = read_timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        with _mapped_errors(self._request, reading=True):
-            while True:
-                try:
-                    chunk = await content.readany()
-                except Exception:
-                    # aiohttp raises a connection error before handing over bytes that
-                    # arrived ahead of it; those are real data (a complete instance, say),
-                    # so they are passed on first, as httpcore does.
-                    left = _buffered(content)
-                    if left:
-                        yield left
-                    raise
-                if not chunk:
-                    return
-                yield chunk
+        timeout = self._read_timeout
+        watchdog = None if timeout is None else _ReadWatchdog(content, timeout)
+        try:
+            with _mapped_errors(self._request, reading=True):
+                while True:
+                    try:
+                        if watchdog is None:
+                            chunk = await content.readany()
+                        else:
+                            watchdog.waiting_since = watchdog.now()
+                            chunk = await content.readany()
+                            watchdog.waiting_since = None
+                    except Exception:
+                        # aiohttp raises a connection error before handing over bytes
+                        # that arrived ahead of it; those are real data (a complete
+                        # instance, say), so they are passed on first, as httpcore does.
+                        left = _buffered(content)
+                        if left:
+                            yield left
+                        raise
+                    if not chunk:
+                        return
+                    yield chunk
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
 
     async def aclose(self) -> None:
         # A body read to its end lets the connection go back to the pool; anything else
@@ -207,10 +281,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         if watchdog.cancelled_caught:
             raise httpx.WriteTimeout("timed out sending the request body", request=request)
+        read_timeout = request.extensions.get("timeout", {}).get("read")
+        if not _take_read_timeout(response, read_timeout):
+            read_timeout = None
         return httpx.Response(
             response.status,
             headers=list(response.raw_headers),
-            stream=_ResponseStream(response, request),
+            stream=_ResponseStream(response, request, read_timeout),
             extensions={
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": (response.reason or "").encode("ascii", "replace"),
