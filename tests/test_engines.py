@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -219,6 +221,35 @@ async def test_tls_is_verified(engine: str, server: LoopbackServer, tmp_path: Pa
                 await client.search_for_studies()
         async with AsyncDICOMwebClient(url, verify=client_context, engine=engine) as client:  # type: ignore[arg-type]
             assert len(await client.search_for_studies()) == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_the_tls_context_is_built_once_and_only_for_tls(
+    engine: str, server: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[object] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(kwargs.get("verify"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    server.add_synthetic_study(STUDY, 1, 64 * 1024)
+    async with AsyncDICOMwebClient(server.url, engine=engine) as client:  # type: ignore[arg-type]
+        for _ in range(2):
+            assert len(await client.search_for_studies()) == 1
+    # Plain HTTP on aiohttp never loads a CA bundle; httpcore's pools take one up front.
+    assert made == ([] if engine == "aiohttp" else [True])
+    made.clear()
+    server_context, _ = tls_contexts(tmp_path)
+    async with Relay(server.port, ssl_context=server_context) as relay:
+        url = f"https://127.0.0.1:{relay.port}"
+        async with AsyncDICOMwebClient(url, engine=engine, retry=None) as client:  # type: ignore[arg-type]
+            for _ in range(2):  # verified (the relay's CA is unknown), with one context
+                with pytest.raises(TransportError):
+                    await client.search_for_studies()
+    assert made == [True]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

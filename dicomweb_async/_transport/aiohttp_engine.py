@@ -20,9 +20,10 @@ What httpx users expect is kept:
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -190,8 +191,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     Parameters
     ----------
-    verify : bool, str or ssl.SSLContext
-        TLS verification, as in httpx (a CA bundle path, a context, or False).
+    verify : bool, str, ssl.SSLContext or callable
+        TLS verification, as in httpx (a CA bundle path, a context, or False), or a
+        function returning the context or False. Unless given as a context or False,
+        the context is made at the first request that needs TLS: loading a CA bundle
+        takes tens of milliseconds, which plain HTTP never needs.
     limits : httpx.Limits
         ``max_connections`` bounds the connections open at once (None: no bound) and
         ``keepalive_expiry`` how long an idle one is kept.
@@ -206,12 +210,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         limits: httpx.Limits,
         proxies: ProxyRules | None = None,
     ) -> None:
-        if verify is False:
-            self._ssl: ssl.SSLContext | bool = False
-        elif isinstance(verify, ssl.SSLContext):
+        self._ssl: ssl.SSLContext | bool | None = None
+        self._make_ssl: Callable[[], ssl.SSLContext | bool] | None = None
+        if verify is False or isinstance(verify, ssl.SSLContext):
             self._ssl = verify
+        elif callable(verify):
+            self._make_ssl = verify
         else:
-            self._ssl = httpx.create_ssl_context(verify=verify)
+            self._make_ssl = functools.partial(httpx.create_ssl_context, verify=verify)
         self._limits = limits
         self._proxies = proxies or ProxyRules()
         self._session: aiohttp.ClientSession | None = None
@@ -222,7 +228,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(
                 limit=limits.max_connections or 0,
                 keepalive_timeout=limits.keepalive_expiry,
-                ssl=self._ssl,
+                # Each request also names its TLS context (_ssl_for), made when needed.
+                ssl=True if self._ssl is None else self._ssl,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -236,6 +243,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 trust_env=False,
             )
         return self._session
+
+    def _ssl_for(self, url: httpx.URL, proxy: str | None) -> ssl.SSLContext | bool:
+        """The TLS context of a request, made on the first request that needs one."""
+        if self._ssl is None:
+            assert self._make_ssl is not None
+            if url.scheme != "https" and not (proxy or "").startswith("https:"):
+                return True  # no TLS on this request: aiohttp does not look at it
+            self._ssl = self._make_ssl()
+        return self._ssl
 
     @staticmethod
     def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
@@ -278,6 +294,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False,
                 timeout=self._timeout(request),
                 proxy=proxy,
+                ssl=self._ssl_for(url, proxy),
             )
         if watchdog.cancelled_caught:
             raise httpx.WriteTimeout("timed out sending the request body", request=request)
