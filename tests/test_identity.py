@@ -83,3 +83,26 @@ def test_seed_files_agree_with_pydicom(seed_files: list[Path]) -> None:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         expected = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         assert read_uids(path.read_bytes()[: 64 * 1024]) == expected
+
+
+@pytest.mark.parametrize(
+    ("chunks", "limit", "wanted"),
+    [
+        ([], 4, b""),
+        ([b"abcdef"], 4, b"abcdef"),  # one chunk is passed on whole, not cut
+        ([b"abcdef", b"gh"], 4, b"abcdef"),
+        ([b"ab", b"cdef", b"gh"], 4, b"abcd"),
+        ([b"ab", b"cd"], 4, b"abcd"),
+        ([b"ab", b"c"], 4, b"abc"),
+    ],
+)
+def test_the_head_of_a_download_is_its_first_bytes(
+    chunks: list[bytes], limit: int, wanted: bytes
+) -> None:
+    from dicomweb_async._services.download import _first_bytes
+
+    got = _first_bytes(chunks, limit)
+    assert got == wanted
+    assert type(got) is bytes
+    if chunks and len(chunks[0]) >= limit:
+        assert got is chunks[0]
