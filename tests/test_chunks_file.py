@@ -89,3 +89,15 @@ def test_a_file_that_is_not_dicom_raises(seed_files: list[Path]) -> None:
     broken = data[:128] + b"DICX" + data[132:]
     with pytest.raises(ProtocolError, match="part 0 is not a DICOM file"):
         read_dataset(ChunksFile([broken[:100], broken[100:]]), "part 0")
+
+
+def test_a_dataset_does_not_keep_the_chunks(seed_files: list[Path]) -> None:
+    data = seed_files[0].read_bytes()
+    source = ChunksFile([data[:1000], data[1000:]])
+    ds = read_dataset(source, "seed")
+    # pydicom keeps the file it read from as ds.buffer; its chunks are let go.
+    assert ds.buffer is source
+    assert source.closed and source._chunks == []
+    with pytest.raises(ValueError):
+        source.read(1)
+    assert ds.PixelData == read_dataset(data, "seed").PixelData

@@ -90,6 +90,13 @@ class ChunksFile(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Let go of the chunks (a Dataset read from this file keeps a reference to it)."""
+        self._chunks = []
+        self._starts = []
+        self._size = self._pos = 0
+        super().close()
+
     def seekable(self) -> bool:
         return True
 
@@ -111,6 +118,8 @@ class ChunksFile(io.RawIOBase):
         return pos
 
     def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
         pos = self._pos
         end = self._size if size is None or size < 0 else min(self._size, pos + size)
         if end <= pos:
@@ -176,3 +185,7 @@ def read_dataset(
         return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, specific_tags=tags)
     except Exception as exc:  # pydicom raises many types for bad input
         raise ProtocolError(f"{what} is not a DICOM file: {exc}", method=method, url=url) from None
+    finally:
+        if isinstance(fp, ChunksFile):
+            # The values were copied out; the Dataset need not keep the chunks alive.
+            fp.close()
