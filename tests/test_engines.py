@@ -6,9 +6,13 @@ proxy (``tests/proxy.py``) and a TLS relay.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterator
+import ssl
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -220,6 +224,35 @@ async def test_tls_is_verified(engine: str, server: LoopbackServer, tmp_path: Pa
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+async def test_the_tls_context_is_built_once_and_only_for_tls(
+    engine: str, server: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[object] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(kwargs.get("verify"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    server.add_synthetic_study(STUDY, 1, 64 * 1024)
+    async with AsyncDICOMwebClient(server.url, engine=engine) as client:  # type: ignore[arg-type]
+        for _ in range(2):
+            assert len(await client.search_for_studies()) == 1
+    # Plain HTTP on aiohttp never loads a CA bundle; httpcore's pools take one up front.
+    assert made == ([] if engine == "aiohttp" else [True])
+    made.clear()
+    server_context, _ = tls_contexts(tmp_path)
+    async with Relay(server.port, ssl_context=server_context) as relay:
+        url = f"https://127.0.0.1:{relay.port}"
+        async with AsyncDICOMwebClient(url, engine=engine, retry=None) as client:  # type: ignore[arg-type]
+            for _ in range(2):  # verified (the relay's CA is unknown), with one context
+                with pytest.raises(TransportError):
+                    await client.search_for_studies()
+    assert made == [True]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_refused_connections_and_read_timeouts(engine: str, server: LoopbackServer) -> None:
     with anyio.fail_after(30):
         closed = LoopbackServer()
@@ -270,3 +303,88 @@ async def test_cookies_a_server_sets_are_sent_back(engine: str) -> None:
     finally:
         await runner.cleanup()
     assert seen == [None, None, "affinity=backend-2", "affinity=backend-2"]
+
+
+# -- read timeouts inside a body ---------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def stalling_server(sent: bytes, length: int) -> AsyncIterator[str]:
+    """A server whose answers send ``sent`` and 100 bytes of a ``length``-byte body, then stall."""
+    release = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        )
+        writer.write(head.encode("ascii") + sent)
+        await writer.drain()
+        # More after a pause shorter than the timeout: the body is under way, then stalls.
+        await asyncio.sleep(0.1)
+        writer.write(b" " * 100)
+        await writer.drain()
+        await release.wait()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        release.set()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_body_that_stalls_midway_times_out(engine: str) -> None:
+    timeout = httpx.Timeout(5.0, read=0.3)
+    async with (
+        stalling_server(b"[" + b" " * 5000, 100_000) as url,
+        AsyncDICOMwebClient(url, engine=engine, timeout=timeout, retry=None) as client,  # type: ignore[arg-type]
+    ):
+        started = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(TimeoutError, match="timed out"):
+            await client.search_for_studies()
+        assert anyio.current_time() - started < 5.0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_consumer_slower_than_the_read_timeout_is_not_timed_out(
+    engine: str, server: LoopbackServer
+) -> None:
+    sops = server.add_synthetic_study(STUDY, 4, 256 * 1024)
+    timeout = httpx.Timeout(5.0, read=0.2)
+    received = []
+    async with (
+        AsyncDICOMwebClient(server.url, engine=engine, timeout=timeout) as client,  # type: ignore[arg-type]
+        client.stream_study(STUDY) as parts,
+    ):
+        async for part in parts:
+            data = await part.read()
+            received.append(data)
+            await anyio.sleep(0.5)  # the whole rest of the body may be waiting meanwhile
+    assert received == [served(server, sop) for sop in sops]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_pooled_connection_keeps_its_read_timeout(
+    engine: str, server: LoopbackServer
+) -> None:
+    server.add_synthetic_study(STUDY, 1, 64 * 1024)
+    timeout = httpx.Timeout(5.0, read=0.3)
+    async with AsyncDICOMwebClient(
+        server.url,
+        engine=engine,
+        timeout=timeout,
+        retry=None,  # type: ignore[arg-type]
+    ) as client:
+        assert len(await client.search_for_studies()) == 1
+        server.latency = 1.0  # the next answer, on the same connection, comes too late
+        with anyio.fail_after(10), pytest.raises(TimeoutError, match="timed out"):
+            await client.search_for_studies()

@@ -163,3 +163,26 @@ def test_pydicom_test_files_agree_with_pydicom() -> None:
             agreed += 1
     # The corpus is mostly little endian: nearly all of it must be read here.
     assert agreed >= 50 and agreed > 5 * left, (agreed, left)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "limit", "wanted"),
+    [
+        ([], 4, b""),
+        ([b"abcdef"], 4, b"abcdef"),  # one chunk is passed on whole, not cut
+        ([b"abcdef", b"gh"], 4, b"abcdef"),
+        ([b"ab", b"cdef", b"gh"], 4, b"abcd"),
+        ([b"ab", b"cd"], 4, b"abcd"),
+        ([b"ab", b"c"], 4, b"abc"),
+    ],
+)
+def test_the_head_of_a_download_is_its_first_bytes(
+    chunks: list[bytes], limit: int, wanted: bytes
+) -> None:
+    from dicomweb_async._services.download import _first_bytes
+
+    got = _first_bytes(chunks, limit)
+    assert got == wanted
+    assert type(got) is bytes
+    if chunks and len(chunks[0]) >= limit:
+        assert got is chunks[0]

@@ -442,6 +442,44 @@ def test_reader_never_buffers_a_whole_part() -> None:
     list(reader.finish())
 
 
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_declared_length_is_taken_without_searching_for_the_boundary(declared: bool) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    parts: list[tuple[Headers, bytes]] = [
+        ((("Content-Length", str(len(payload))),) if declared else (), payload)
+    ] * 3
+    body = build(parts)
+    reader = make_reader(CT_DICOM)
+    assert isinstance(reader, MultipartReader)
+    searched = 0
+    real_parse = reader._parser.parse
+
+    def counting_parse(chunk: bytes):  # type: ignore[no-untyped-def]
+        nonlocal searched
+        searched += len(chunk)
+        return real_parse(chunk)
+
+    reader._parser.parse = counting_parse  # type: ignore[method-assign]
+    chunk = 64 * 1024
+    parsed = run(reader, [body[i : i + chunk] for i in range(0, len(body), chunk)])
+    assert [p.body for p in parsed] == [payload] * 3
+    if declared:
+        # Only the pieces holding headers and delimiters are searched: one per part.
+        assert searched <= 3 * chunk + 4 * 200
+    else:
+        assert searched == len(body)
+
+
+def test_a_declared_length_that_runs_past_the_boundary_fails() -> None:
+    # Declared one byte longer than the body: the delimiter is not where it says.
+    payload = b"x" * 200_000
+    body = build([((("Content-Length", str(len(payload) + 1)),), payload), ((), b"next")])
+    for chunks in ([body], [body[i : i + 65536] for i in range(0, len(body), 65536)]):
+        reader = make_reader(CT_DICOM)
+        with pytest.raises(MultipartError):
+            run(reader, chunks)
+
+
 # -- hypothesis: random parts at random splits --------------------------------------------
 
 FRAGMENTS = [b"\r", b"\n", b"\r\n", b"--", b"-", NEAR, b"\r\n--", b"--" + BND[:4], b"\x00\xff"]

@@ -16,10 +16,12 @@ import ipaddress
 import os
 import shutil
 import ssl
+import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -480,6 +482,36 @@ async def test_stream_study_parts_carry_type_syntax_and_length(
         assert part.headers.content_length == instance.size == len(data) == part.size
         assert data == instance.read_bytes()
     assert sorted(sop_uid_of_bytes(data) for _, data in seen) == sorted(sops)
+
+
+@pytest.mark.parametrize("inline_limit", [0, 600 * KIB, 16 * MIB])
+async def test_iter_study_decodes_small_parts_on_the_loop_and_large_ones_in_a_thread(
+    inline_limit: int, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomweb_async._services import wado
+
+    sops = server.add_synthetic_study(STUDY, 2, 100 * KIB)
+    sops += server.add_synthetic_study(STUDY, 2, 1 * MIB)
+    monkeypatch.setattr(wado, "INLINE_DECODE_BYTES", inline_limit)
+    loop_thread = threading.get_ident()
+    on_loop: dict[str, bool] = {}
+    real_read = wado.read_dataset
+
+    def recording_read(source: Any, what: str, **kwargs: Any) -> pydicom.Dataset:
+        ds = real_read(source, what, **kwargs)
+        on_loop[str(ds.SOPInstanceUID)] = threading.get_ident() == loop_thread
+        return ds
+
+    monkeypatch.setattr(wado, "read_dataset", recording_read)
+    async with AsyncDICOMwebClient(server.url) as client:
+        got = [ds async for ds in client.iter_study(STUDY)]
+    assert [str(ds.SOPInstanceUID) for ds in got] == sops
+    for sop, ds in zip(sops, got, strict=True):
+        data = served(server, sop)
+        assert ds == pydicom.dcmread(io.BytesIO(data))
+        assert on_loop[sop] is (len(data) <= inline_limit)
+    # Each limit splits the parts differently: none, the small ones, all of them.
+    assert sum(on_loop.values()) == {0: 0, 600 * KIB: 2, 16 * MIB: 4}[inline_limit]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ProtocolError
@@ -18,7 +19,7 @@ from .exceptions import ProtocolError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["dataset_from_json", "first_value", "read_dataset"]
+__all__ = ["ChunksFile", "dataset_from_json", "first_value", "read_dataset"]
 
 
 def first_value(item: Mapping[str, Any], tag: str) -> str | None:
@@ -61,8 +62,96 @@ def dataset_from_json(
         raise ProtocolError(f"{what} is not DICOM JSON: {exc}", method=method, url=url) from None
 
 
+class ChunksFile(io.RawIOBase):
+    """A read-only binary file over a sequence of byte chunks, without joining them first.
+
+    A file that arrived in network-sized pieces can be decoded from those pieces: each
+    ``read`` copies only the bytes it returns (a large value, such as Pixel Data, is copied
+    once, straight from the chunks), where joining the chunks and reading from a
+    ``BytesIO`` would copy every byte twice.
+
+    Parameters
+    ----------
+    chunks : sequence of bytes-like
+        The file's content, in order.
+    """
+
+    def __init__(self, chunks: Sequence[bytes]):
+        super().__init__()
+        self._chunks = [chunk for chunk in chunks if chunk]
+        self._starts: list[int] = []
+        size = 0
+        for chunk in self._chunks:
+            self._starts.append(size)
+            size += len(chunk)
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Let go of the chunks (a Dataset read from this file keeps a reference to it)."""
+        self._chunks = []
+        self._starts = []
+        self._size = self._pos = 0
+        super().close()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence!r}")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        pos = self._pos
+        end = self._size if size is None or size < 0 else min(self._size, pos + size)
+        if end <= pos:
+            return b""
+        self._pos = end
+        index = bisect_right(self._starts, pos) - 1
+        chunk = self._chunks[index]
+        start = pos - self._starts[index]
+        if start + (end - pos) <= len(chunk):  # within one chunk
+            if start == 0 and end - pos == len(chunk) and type(chunk) is bytes:
+                return chunk
+            return bytes(chunk[start : start + end - pos])
+        pieces: list[bytes | memoryview] = [memoryview(chunk)[start:]]
+        pos += len(chunk) - start
+        while pos < end:
+            index += 1
+            chunk = self._chunks[index]
+            if pos + len(chunk) <= end:
+                pieces.append(chunk)
+            else:
+                pieces.append(memoryview(chunk)[: end - pos])
+            pos += len(chunk)
+        return b"".join(pieces)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer)))
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
+
 def read_dataset(
-    source: bytes | os.PathLike[str],
+    source: bytes | ChunksFile | os.PathLike[str],
     what: str,
     *,
     stop_before_pixels: bool = False,
@@ -74,7 +163,7 @@ def read_dataset(
 
     Parameters
     ----------
-    source : bytes or path
+    source : bytes, ChunksFile or path
         The file's content, or where it is.
     what : str
         What ``source`` is, for the error message (e.g. ``"part 3 (1024 bytes)"``).
@@ -96,3 +185,7 @@ def read_dataset(
         return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, specific_tags=tags)
     except Exception as exc:  # pydicom raises many types for bad input
         raise ProtocolError(f"{what} is not a DICOM file: {exc}", method=method, url=url) from None
+    finally:
+        if isinstance(fp, ChunksFile):
+            # The values were copied out; the Dataset need not keep the chunks alive.
+            fp.close()

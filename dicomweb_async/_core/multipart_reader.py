@@ -126,16 +126,47 @@ class PartEnd:
 Event = PartStart | PartData | PartEnd
 
 
+# The parser's state while inside a part's body (None if a later version renames it:
+# parts are then always scanned for their boundary).
+_BODY_STATE = getattr(multipart, "_BODY", None)
+
+
 class _RelatedParser(multipart.PushMultipartParser):  # type: ignore[misc]
     """``PushMultipartParser`` that accepts parts without Content-Disposition.
 
     It also counts parts as their delimiters are seen (before their headers), so errors
     inside a header block name the right part, and a closing delimiter is noticed as soon
     as it is parsed rather than only when the parser is closed.
+
+    Where a part declares its Content-Length, the bytes that the length says are still
+    to come are taken as body without searching them for the boundary
+    (:meth:`declared_rest`, :meth:`take_body`); the parser then meets the delimiter
+    right after them. Its own check that the body matches the Content-Length still
+    runs, so a wrong length fails the body as before.
     """
 
     parts_begun = 0
     parts_ended = 0
+
+    def declared_rest(self) -> int:
+        """Bytes of the current body its Content-Length still announces; else 0.
+
+        Nonzero only inside a body with a declared length and with nothing held back
+        (the parser keeps what might be the start of a delimiter).
+        """
+        if _BODY_STATE is None or self._state is not _BODY_STATE or self._buffer:
+            return 0
+        segment = getattr(self, "_segment", None)
+        limit: int = getattr(self, "_segment_limit", -1)
+        if segment is None or limit <= 0:
+            return 0
+        return max(0, limit - int(segment.bytes_received))
+
+    def take_body(self, data: bytes) -> bytes:
+        """Take ``data`` (at most :meth:`declared_rest` bytes) as body, unsearched."""
+        self._parsed += len(data)
+        result: bytes = self._on_segment_payload(data)
+        return result
 
     def _create_segment(self, headerlist: list[tuple[str, str]]) -> Any:
         return multipart.MultipartSegment(headerlist)
@@ -230,9 +261,19 @@ class MultipartReader:
         if not data:
             return
         self._received += len(data)
-        if not isinstance(data, bytes | bytearray):
+        if type(data) is not bytes:
             data = bytes(data)
         try:
+            rest = self._parser.declared_rest()
+            if rest:
+                # Body the part's Content-Length announces: no boundary search needed.
+                body = data if rest >= len(data) else data[:rest]
+                self._parser.take_body(body)
+                self._part_size += len(body)
+                yield PartData(self._index, body)
+                if len(body) == len(data):
+                    return
+                data = data[rest:]
             for event in self._parser.parse(data):
                 if event is None:
                     self._in_part = False

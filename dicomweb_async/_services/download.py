@@ -79,6 +79,19 @@ class _End:
 _Item = _Start | bytes | _End
 
 
+def _first_bytes(chunks: list[bytes], limit: int) -> bytes:
+    """The first ``limit`` bytes of ``chunks``: the first chunk itself when it holds them."""
+    if len(chunks) == 1 or (chunks and len(chunks[0]) >= limit):
+        return chunks[0]
+    pieces: list[bytes | memoryview] = []
+    for chunk in chunks:
+        if limit <= 0:
+            break
+        pieces.append(chunk if len(chunk) <= limit else memoryview(chunk)[:limit])
+        limit -= len(chunk)
+    return b"".join(pieces)
+
+
 class _Writer:
     """The disk side; every method runs in a worker thread, one call at a time."""
 
@@ -97,7 +110,11 @@ class _Writer:
         self._tmp: Path | None = None
         self._start: _Start | None = None
         self._size = 0
-        self._head = bytearray()
+        # The first chunks of the current part, kept (not copied) until they hold
+        # _HEAD_BYTES, to read its UIDs from.
+        self._head: list[bytes] = []
+        self._head_size = 0
+        self._made_dirs: set[Path] = set()
 
     def _error(self, message: str) -> ProtocolError:
         return ProtocolError(message, method=self.stream.method, url=self.stream.url)
@@ -134,17 +151,18 @@ class _Writer:
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._start = start
         self._size = 0
-        self._head = bytearray()
+        self._head = []
+        self._head_size = 0
 
     def _flush(self, chunks: list[bytes]) -> None:
         if not chunks:
             return
         assert self._fd is not None
-        if len(self._head) < _HEAD_BYTES:
-            for chunk in chunks:
-                self._head += chunk[: _HEAD_BYTES - len(self._head)]
-                if len(self._head) >= _HEAD_BYTES:
-                    break
+        for chunk in chunks:
+            if self._head_size >= _HEAD_BYTES:
+                break
+            self._head.append(chunk)
+            self._head_size += len(chunk)
         total = sum(len(c) for c in chunks)
         written = os.writev(self._fd, chunks)
         if written != total:  # short writes are rare; finish them one buffer at a time
@@ -158,7 +176,9 @@ class _Writer:
         os.close(self._fd)
         self._fd = None
         tmp, start, size = self._tmp, self._start, self._size
-        uids = read_uids(bytes(self._head)) or self._read_uids_with_pydicom(tmp, end, size)
+        head = _first_bytes(self._head, _HEAD_BYTES)
+        self._head = []
+        uids = read_uids(head) or self._read_uids_with_pydicom(tmp, end, size)
         try:
             for uid, name in zip(uids, _UID_NAMES, strict=True):
                 check_uid(uid, name)
@@ -169,7 +189,9 @@ class _Writer:
                 raise self._error(f"part {end.index} belongs to {what} {got}, not {want}")
         study, series, sop = uids
         target_dir = self.directory / study / series
-        target_dir.mkdir(parents=True, exist_ok=True)
+        if target_dir not in self._made_dirs:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(target_dir)
         target = target_dir / f"{sop}.dcm"
         os.replace(tmp, target)
         self._tmp = None

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._core.datasets import read_dataset
+from .._core.datasets import ChunksFile, read_dataset
 from .._core.exceptions import NotAcceptableError, ProtocolError
 from .._core.media import DICOM, DICOM_JSON, OCTET_STREAM, MediaTypeSpec, accept_header
 from .._core.multipart_reader import make_reader
@@ -41,6 +41,12 @@ logger = logging.getLogger("dicomweb_async")
 ANY_SYNTAX = "*"
 DEFAULT_INSTANCE_TYPE: MediaTypeSpec = (DICOM, ANY_SYNTAX)
 DEFAULT_FRAME_TYPE: MediaTypeSpec = (OCTET_STREAM, ANY_SYNTAX)
+
+#: Parts up to this size are decoded into Datasets on the event loop; larger ones in a
+#: worker thread. Handing a part to a thread costs more than decoding a small one: the
+#: thread and the event loop, which keeps receiving, contend for the GIL. Measured on
+#: 512 x 2 MiB from a loopback server, decoding on the loop used about 30% less CPU.
+INLINE_DECODE_BYTES = 4 * 1024 * 1024
 
 
 class ReaderLimits:
@@ -138,11 +144,20 @@ async def open_parts(
 
 
 async def dataset_from_part(part: Part, stream: PartStream) -> Dataset:
-    """Read a part whole and decode it as a DICOM file (in a worker thread)."""
-    data = await part.read()
-    what = f"part {part.index} ({part.media_type or 'no Content-Type'}, {len(data)} bytes)"
+    """Read a part whole and decode it as a DICOM file.
+
+    The part's chunks are decoded as they came (see :class:`ChunksFile`), not joined
+    first: joining would copy the whole instance once more before pydicom copies its
+    values out. Parts up to :data:`INLINE_DECODE_BYTES` are decoded on the event loop
+    (a millisecond or two of work), larger ones in a worker thread.
+    """
+    chunks = [chunk async for chunk in part.aiter_bytes()]
+    size = sum(len(chunk) for chunk in chunks)
+    what = f"part {part.index} ({part.media_type or 'no Content-Type'}, {size} bytes)"
     decode = functools.partial(read_dataset, method=stream.method, url=stream.url)
-    return await anyio.to_thread.run_sync(decode, data, what)
+    if size <= INLINE_DECODE_BYTES:
+        return decode(ChunksFile(chunks), what)
+    return await anyio.to_thread.run_sync(decode, ChunksFile(chunks), what)
 
 
 def frames_path(instance: str, frame_numbers: Sequence[int]) -> str:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -81,30 +82,104 @@ def _buffered(content: aiohttp.StreamReader) -> bytes:
     return data
 
 
+class _ReadWatchdog:
+    """The read timeout of a response body, on one timer rather than one per chunk.
+
+    aiohttp re-arms its ``sock_read`` timer for every piece the socket delivers (a
+    cancelled handle and a new one each time, about a tenth of a second of CPU per GiB
+    read). Once the headers are in, the body's read timeout is kept here instead: the
+    stream notes when it starts waiting for data and when the wait ends, and a single
+    timer, re-armed at most once per timeout period, fails the body (through aiohttp's
+    own ``set_exception``) if one wait lasts longer than ``timeout``. Time the consumer
+    spends away from the stream is not counted, as with aiohttp, which stops its timer
+    while flow control holds the socket.
+    """
+
+    __slots__ = ("_content", "_handle", "_loop", "_timeout", "waiting_since")
+
+    def __init__(self, content: aiohttp.StreamReader, timeout: float) -> None:
+        self._content = content
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        #: Loop time at which the current wait for data began; None while not waiting.
+        self.waiting_since: float | None = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def _check(self) -> None:
+        since = self.waiting_since
+        if since is None:
+            self._handle = self._loop.call_later(self._timeout, self._check)
+            return
+        waited = self._loop.time() - since
+        if waited < self._timeout:
+            self._handle = self._loop.call_later(self._timeout - waited, self._check)
+            return
+        self._handle = None
+        self._content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data"))
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def _take_read_timeout(response: aiohttp.ClientResponse, timeout: float | None) -> bool:
+    """Stop aiohttp's per-chunk read timer for the body; True if it was stopped."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if timeout is None or protocol is None or not hasattr(protocol, "read_timeout"):
+        return False
+    # The handle aiohttp armed last still guards the wait for the next piece; the next
+    # piece cancels it without arming another. A pooled connection gets its timeout
+    # back with its next request.
+    protocol.read_timeout = None
+    return True
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """A response body read from aiohttp as it arrives, in whatever pieces are buffered."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request,
+        read_timeout: float | None = None,
+    ) -> None:
         self._response = response
         self._request = request
+        self._read_timeout = read_timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        with _mapped_errors(self._request, reading=True):
-            while True:
-                try:
-                    chunk = await content.readany()
-                except Exception:
-                    # aiohttp raises a connection error before handing over bytes that
-                    # arrived ahead of it; those are real data (a complete instance, say),
-                    # so they are passed on first, as httpcore does.
-                    left = _buffered(content)
-                    if left:
-                        yield left
-                    raise
-                if not chunk:
-                    return
-                yield chunk
+        timeout = self._read_timeout
+        watchdog = None if timeout is None else _ReadWatchdog(content, timeout)
+        try:
+            with _mapped_errors(self._request, reading=True):
+                while True:
+                    try:
+                        if watchdog is None:
+                            chunk = await content.readany()
+                        else:
+                            watchdog.waiting_since = watchdog.now()
+                            chunk = await content.readany()
+                            watchdog.waiting_since = None
+                    except Exception:
+                        # aiohttp raises a connection error before handing over bytes
+                        # that arrived ahead of it; those are real data (a complete
+                        # instance, say), so they are passed on first, as httpcore does.
+                        left = _buffered(content)
+                        if left:
+                            yield left
+                        raise
+                    if not chunk:
+                        return
+                    yield chunk
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
 
     async def aclose(self) -> None:
         # A body read to its end lets the connection go back to the pool; anything else
@@ -120,8 +195,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     Parameters
     ----------
-    verify : bool, str or ssl.SSLContext
-        TLS verification, as in httpx (a CA bundle path, a context, or False).
+    verify : bool, str, ssl.SSLContext or callable
+        TLS verification, as in httpx (a CA bundle path, a context, or False), or a
+        function returning the context or False. Unless given as a context or False,
+        the context is made at the first request that needs TLS: loading a CA bundle
+        takes tens of milliseconds, which plain HTTP never needs.
     limits : httpx.Limits
         ``max_connections`` bounds the connections open at once (None: no bound) and
         ``keepalive_expiry`` how long an idle one is kept.
@@ -136,12 +214,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         limits: httpx.Limits,
         proxies: ProxyRules | None = None,
     ) -> None:
-        if verify is False:
-            self._ssl: ssl.SSLContext | bool = False
-        elif isinstance(verify, ssl.SSLContext):
+        self._ssl: ssl.SSLContext | bool | None = None
+        self._make_ssl: Callable[[], ssl.SSLContext | bool] | None = None
+        if verify is False or isinstance(verify, ssl.SSLContext):
             self._ssl = verify
+        elif callable(verify):
+            self._make_ssl = verify
         else:
-            self._ssl = httpx.create_ssl_context(verify=verify)
+            self._make_ssl = functools.partial(httpx.create_ssl_context, verify=verify)
         self._limits = limits
         self._proxies = proxies or ProxyRules()
         self._session: aiohttp.ClientSession | None = None
@@ -155,7 +235,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(
                 limit=limits.max_connections or 0,
                 keepalive_timeout=limits.keepalive_expiry,
-                ssl=self._ssl,
+                # Each request also names its TLS context (_ssl_for), made when needed.
+                ssl=True if self._ssl is None else self._ssl,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -169,6 +250,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 trust_env=False,
             )
         return self._session
+
+    def _ssl_for(self, url: httpx.URL | yarl.URL, proxy: str | None) -> ssl.SSLContext | bool:
+        """The TLS context of a request, made on the first request that needs one."""
+        if self._ssl is None:
+            assert self._make_ssl is not None
+            if url.scheme != "https" and not (proxy or "").startswith("https:"):
+                return True  # no TLS on this request: aiohttp does not look at it
+            self._ssl = self._make_ssl()
+        return self._ssl
 
     def _timeout(self, given: dict[str, Any]) -> aiohttp.ClientTimeout:
         connect, pool, read = given.get("connect"), given.get("pool"), given.get("read")
@@ -235,13 +325,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False,
                 timeout=self._timeout(timeouts),
                 proxy=proxy,
+                ssl=self._ssl_for(url, proxy),
             )
         if watchdog is not None and watchdog.cancelled_caught:
             raise httpx.WriteTimeout("timed out sending the request body", request=request)
+        read_timeout = request.extensions.get("timeout", {}).get("read")
+        if not _take_read_timeout(response, read_timeout):
+            read_timeout = None
         return httpx.Response(
             response.status,
             headers=list(response.raw_headers),
-            stream=_ResponseStream(response, request),
+            stream=_ResponseStream(response, request, read_timeout),
             extensions={
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": (response.reason or "").encode("ascii", "replace"),

@@ -64,12 +64,10 @@ class EngineTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self.engine = check_engine(engine)
         # One TLS context for every pool of either engine: building one loads the CA
-        # bundle, which costs tens of milliseconds each time.
-        self._verify = (
-            verify
-            if verify is False or isinstance(verify, ssl.SSLContext)
-            else httpx.create_ssl_context(verify=verify, trust_env=trust_env)
-        )
+        # bundle, which costs tens of milliseconds each time. It is built when first
+        # needed (see tls_context), so a client that only speaks plain HTTP never pays.
+        self._verify = verify
+        self._context: ssl.SSLContext | None = None
         self._limits = limits
         self._large_reads = large_reads
         self._trust_env = trust_env
@@ -79,6 +77,15 @@ class EngineTransport(httpx.AsyncBaseTransport):
         self._aiohttp: httpx.AsyncBaseTransport | None = None
         # httpcore: one sharded pool per route (direct, or through one proxy).
         self._httpcore: dict[str | None, ShardedTransport] = {}
+
+    def tls_context(self) -> ssl.SSLContext | bool:
+        """The TLS verification of every pool: False, or the context (built on first use)."""
+        verify = self._verify
+        if verify is False or isinstance(verify, ssl.SSLContext):
+            return verify
+        if self._context is None:
+            self._context = httpx.create_ssl_context(verify=verify, trust_env=self._trust_env)
+        return self._context
 
     def _choose(self) -> str:
         engine = self.engine
@@ -101,7 +108,7 @@ class EngineTransport(httpx.AsyncBaseTransport):
             from .aiohttp_engine import AiohttpTransport
 
             self._aiohttp = AiohttpTransport(
-                verify=self._verify, limits=self._limits, proxies=self.proxies
+                verify=self.tls_context, limits=self._limits, proxies=self.proxies
             )
         return self._aiohttp
 
@@ -110,7 +117,7 @@ class EngineTransport(httpx.AsyncBaseTransport):
         transport = self._httpcore.get(proxy)
         if transport is None:
             transport = ShardedTransport(
-                verify=self._verify,
+                verify=self.tls_context(),
                 limits=self._limits,
                 large_reads=self._large_reads,
                 trust_env=self._trust_env,
