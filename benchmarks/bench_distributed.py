@@ -8,9 +8,10 @@ Run from the repository root (Dask must be installed; ``pip install ".[dask]"``)
 The instances are spread over ``--studies`` studies (a study is never split over two
 shards). Case (a) is ``store_folder`` in one process at each ``--concurrency``; case (b)
 is ``dicomweb_async.distributed.store_folders`` over a fresh local cluster of N worker
-processes (one thread each) at the same total concurrency. Starting the cluster (and
-importing the package on its workers) is timed on its own and left out of (b)'s rate. Every run is a fresh process or cluster against
-the loopback server (a process of its own on 127.0.0.1, ``--hashing none``).
+processes (one thread each) at the same total concurrency, cut into ``--shards`` shards.
+Starting the cluster (and importing the package on its workers) is timed on its own and
+left out of (b)'s rate. Every run is a fresh process or cluster against a fresh loopback
+server (a process of its own on 127.0.0.1, ``--hashing none``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.02, help="server latency, s (0.02)")
     parser.add_argument("--concurrency", type=_levels, default=[16], help="totals (16)")
     parser.add_argument("--workers", type=_levels, default=[2], help="cluster sizes (2)")
+    parser.add_argument(
+        "--shards", type=_levels, default=[64], help="shard counts of case (b) (64, the default)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (default 3)")
     parser.add_argument("--out-dir", type=Path, default=None, help="scratch parent (/tmp)")
     return parser
@@ -68,7 +72,9 @@ def _single(url: str, folder: Path, concurrency: int) -> tuple[float, int]:
     return float(result["elapsed"]), int(result["stored"])
 
 
-def _cluster(url: str, folder: Path, workers: int, concurrency: int) -> tuple[float, int, float]:
+def _cluster(
+    url: str, folder: Path, workers: int, concurrency: int, shards: int
+) -> tuple[float, int, float]:
     import distributed
 
     from dicomweb_async.distributed import Target, store_folders
@@ -92,7 +98,9 @@ def _cluster(url: str, folder: Path, workers: int, concurrency: int) -> tuple[fl
         client.run(importlib.import_module, "dicomweb_async.distributed")
         startup = time.perf_counter() - started
         t = time.perf_counter()
-        report = store_folders(folder, Target(url), client=client, concurrency=concurrency)
+        report = store_folders(
+            folder, Target(url), client=client, concurrency=concurrency, shards=shards
+        )
         elapsed = time.perf_counter() - t
     return elapsed, len(report.stored) + len(report.already_stored), startup
 
@@ -125,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"(a) one process, store_folder, c={level}"
                 rows.setdefault(label, []).append(stored / elapsed)
                 common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
-                for workers in args.workers:
+                for workers, shards in [(w, n) for w in args.workers for n in args.shards]:
                     with common.loopback_server(*server_args) as url:
-                        elapsed, stored, startup = _cluster(url, folder, workers, level)
-                    label = f"(b) Dask, {workers} worker process(es), total c={level}"
+                        elapsed, stored, startup = _cluster(url, folder, workers, level, shards)
+                    label = f"(b) Dask, {workers} worker process(es), {shards} shards, c={level}"
                     rows.setdefault(label, []).append(stored / elapsed)
                     startups.setdefault(workers, []).append(startup)
                     common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
