@@ -54,9 +54,13 @@ def _assert_loopback_only(client: Any) -> None:
     """Every socket the cluster's processes listen on is bound to 127.0.0.1."""
     import psutil
 
-    pids = {os.getpid(), *client.run(os.getpid).values()}
-    for pid in list(pids):
-        pids |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    # The scheduler runs in this process (which also holds other tests' servers); the
+    # workers and their nannies are processes of their own.
+    assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+    pids: set[int] = set()
+    for pid in client.run(os.getpid).values():
+        worker = psutil.Process(pid)
+        pids |= {pid, worker.ppid(), *(c.pid for c in worker.children(recursive=True))}
     listening = [
         c.laddr.ip
         for c in psutil.net_connections(kind="inet")
