@@ -372,6 +372,22 @@ async def test_a_consumer_slower_than_the_read_timeout_is_not_timed_out(
     assert received == [served(server, sop) for sop in sops]
 
 
+async def test_a_body_left_part_read_stops_its_read_timer(server: LoopbackServer) -> None:
+    server.add_synthetic_study(STUDY, 8, 1 * MIB)
+    timeout = httpx.Timeout(5.0, read=30.0)
+    async with AsyncDICOMwebClient(server.url, engine="aiohttp", timeout=timeout) as client:
+        loop = asyncio.get_running_loop()
+        before = len(loop._scheduled)  # type: ignore[attr-defined]
+        async with client.stream_study(STUDY) as parts:
+            async for part in parts:
+                async for _ in part.aiter_bytes():
+                    break
+                break
+        # The response is closed; no timer of its body is left on the loop.
+        pending = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        assert len(pending) <= before
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_a_pooled_connection_keeps_its_read_timeout(
     engine: str, server: LoopbackServer

@@ -151,11 +151,13 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._response = response
         self._request = request
         self._read_timeout = read_timeout
+        self._watchdog: _ReadWatchdog | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
         timeout = self._read_timeout
         watchdog = None if timeout is None else _ReadWatchdog(content, timeout)
+        self._watchdog = watchdog
         try:
             with _mapped_errors(self._request, reading=True):
                 while True:
@@ -182,6 +184,10 @@ class _ResponseStream(httpx.AsyncByteStream):
                 watchdog.stop()
 
     async def aclose(self) -> None:
+        # A consumer that stopped reading part-way leaves the iterator suspended; its
+        # timer goes with the response rather than when the iterator is collected.
+        if self._watchdog is not None:
+            self._watchdog.stop()
         # A body read to its end lets the connection go back to the pool; anything else
         # leaves unread bytes on it, so it is closed.
         if self._response.content.at_eof():
