@@ -303,7 +303,12 @@ def child_main(
     record's ``cpu_s`` is the process's rusage (user + system) from then to the end.
     """
     spec: Spec = json.loads(spec_json)
-    for name in (imports or {}).get(spec["case"], ()):
+    names = list((imports or {}).get(spec["case"], ()))
+    # dicomweb-async loads its engine at the first request; bare aiohttp imports aiohttp
+    # before its clock, so the client's engine (aiohttp on asyncio) is imported first too.
+    if "dicomweb_async" in names and spec.get("engine", "auto") in ("auto", "aiohttp"):
+        names.append("aiohttp")
+    for name in names:
         importlib.import_module(name)
     start = {False: cpu_seconds(), True: cpu_seconds(children=True)}
     outcome = cases[spec["case"]](spec)

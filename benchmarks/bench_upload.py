@@ -235,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.child is not None:
-        return common.child_main(args.child, CHILD_CASES)
+        # The client and its engine load before the clock, as the peers load theirs.
+        return common.child_main(
+            args.child, CHILD_CASES, {"a": common.FAMILY_IMPORTS["dicomweb-async"]}
+        )
 
     keys = common.selected(CASES, args.cases)
     levels = [int(level) for level in args.concurrency.split(",")]
