@@ -28,7 +28,7 @@ from .._services import qido as _qido
 from .._services import wado as _wado
 from .._services.download import ByteBudget, DownloadedInstance, save_parts
 from .._transport.transport import Transport
-from .pipeline import Pipeline
+from .pipeline import Pipeline, put, taken
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
 
@@ -272,10 +272,10 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                             missing.append(sop)
                     whole = len(missing) == len(sops) > 1 and not self.split_series
                     if whole:
-                        await units.send(_Unit(study, series, tuple(missing), whole_series=True))
+                        await put(units, _Unit(study, series, tuple(missing), whole_series=True))
                     else:
                         for sop in missing:
-                            await units.send(_Unit(study, series, (sop,), whole_series=False))
+                            await put(units, _Unit(study, series, (sop,), whole_series=False))
             self.tracker.set_total(self._expected)
 
     async def _emit(
@@ -287,7 +287,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
             self.tracker.add(skipped=1)
         else:
             self.tracker.add(failed=1)
-        await results.send(outcome)
+        await put(results, outcome)
 
     # -- fetching ------------------------------------------------------------------------
 
@@ -302,7 +302,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         results: MemoryObjectSendStream[DownloadOutcome],
     ) -> None:
         async with units, results:
-            async for unit in units:
+            async for unit in taken(units):
                 saved: list[DownloadedInstance] = []
                 error: str | None = None
                 try:

@@ -18,10 +18,39 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._core.groups import single_error
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "put", "taken"]
 
 T = TypeVar("T")
 P = TypeVar("P", bound="Pipeline[Any]")
+
+
+async def put(stream: MemoryObjectSendStream[T], item: T) -> None:
+    """Send ``item``, waiting only when the stream is full.
+
+    anyio's ``send`` goes once round the event loop even when there is room; with a few
+    sends per instance, those turns cost more than the rest of the hand-over.
+    """
+    try:
+        stream.send_nowait(item)
+    except (anyio.WouldBlock, anyio.BrokenResourceError):
+        # Full: wait for room. Broken (the consumer left): ``send`` raises the task's
+        # cancellation first if there is one, as it would have without this shortcut.
+        await stream.send(item)
+
+
+async def taken(stream: MemoryObjectReceiveStream[T]) -> AsyncIterator[T]:
+    """The items of ``stream`` until it ends, waiting only when it is empty."""
+    while True:
+        try:
+            item = stream.receive_nowait()
+        except anyio.WouldBlock:
+            try:
+                item = await stream.receive()
+            except anyio.EndOfStream:
+                return
+        except anyio.EndOfStream:
+            return
+        yield item
 
 
 class Pipeline(Generic[T]):
@@ -80,6 +109,6 @@ class Pipeline(Generic[T]):
 
     async def _iterate(self) -> AsyncIterator[T]:
         assert self._results is not None, "use `async with` before iterating"
-        async for item in self._results:
+        async for item in taken(self._results):
             yield item
         self._drained = True

@@ -30,7 +30,7 @@ from .._services import stow as _stow
 from .._transport.transport import Transport
 from .implicit_vr import to_explicit_vr
 from .journal import Journal, JournalEntry
-from .pipeline import Pipeline
+from .pipeline import Pipeline, put, taken
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
 from .scan import ScannedFile, Unreadable, iter_paths, scan_file
@@ -277,9 +277,9 @@ class UploadPipeline(Pipeline[FileOutcome]):
                         await self._emit(results, decided)
                         continue
                     for batch in grouper.add(decided):
-                        await batches.send(batch)
+                        await put(batches, batch)
             for batch in grouper.flush():
-                await batches.send(batch)
+                await put(batches, batch)
             self.tracker.set_total(self.inputs)
 
     def _settle(self, item: ScannedFile | Unreadable) -> FileOutcome | ScannedFile:
@@ -316,7 +316,7 @@ class UploadPipeline(Pipeline[FileOutcome]):
             self.tracker.add(skipped=1)
         else:
             self.tracker.add(done=1, nbytes=outcome.size if outcome.status == "stored" else 0)
-        await results.send(outcome)
+        await put(results, outcome)
 
     # -- senders ---------------------------------------------------------------------------
 
@@ -326,7 +326,7 @@ class UploadPipeline(Pipeline[FileOutcome]):
         results: MemoryObjectSendStream[FileOutcome],
     ) -> None:
         async with batches, results:
-            async for batch in batches:
+            async for batch in taken(batches):
                 outcomes = await self._upload(batch)
                 if self.journal is not None:
                     await self.journal.record(
