@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import anyio
 import httpx
@@ -46,36 +45,33 @@ async def iter_part(part: BodyPart, read_size: int = READ_SIZE) -> AsyncIterator
         # for many small instances the hand-offs cost more than the reading.
         yield await anyio.to_thread.run_sync(_read_small, part.path, part.size)
         return
-    # Larger files: the open goes with the first read, and the last read asks for one byte
-    # more than is left (a file that grew shows), so no trip is spent on reading nothing.
-    f, chunk = await anyio.to_thread.run_sync(_open_and_read, part.path, read_size)
-    try:
-        sent = 0
-        while chunk:
-            sent += len(chunk)
-            if sent > part.size:
-                break
-            yield chunk
-            left = part.size - sent
-            if left == 0:
-                # Anything beyond the planned size means the file grew.
-                if await anyio.to_thread.run_sync(f.read, 1):
-                    sent += 1
-                break
-            chunk = await anyio.to_thread.run_sync(f.read, min(read_size, left + 1))
-    finally:
-        f.close()  # a file opened for reading closes without I/O
+    # Larger files: each read opens the file at its offset, so no file stays open across
+    # a yield (a body abandoned mid-way, when a connection drops, may never be closed and
+    # would leave it to the garbage collector); the last read asks for one byte more than
+    # is left, so a file that grew shows without a trip spent on reading nothing.
+    sent = 0
+    while True:
+        left = part.size - sent
+        chunk = await anyio.to_thread.run_sync(_read_at, part.path, sent, min(read_size, left + 1))
+        if not chunk:
+            break
+        sent += len(chunk)
+        if sent > part.size:
+            break
+        yield chunk
+        if sent == part.size:
+            # Anything beyond the planned size means the file grew.
+            sent += len(await anyio.to_thread.run_sync(_read_at, part.path, sent, 1))
+            break
     if sent != part.size:
         raise OSError(f"{part.path} changed size while being uploaded ({part.size} -> {sent})")
 
 
-def _open_and_read(path: Path, size: int) -> tuple[BinaryIO, bytes]:
-    f = open(path, "rb")  # noqa: SIM115 (closed by the caller, after the last read)
-    try:
-        return f, f.read(size)
-    except BaseException:
-        f.close()
-        raise
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        if offset:
+            f.seek(offset)
+        return f.read(size)
 
 
 def _read_small(path: Path, size: int) -> bytes:
