@@ -40,28 +40,20 @@ async def iter_part(part: BodyPart, read_size: int = READ_SIZE) -> AsyncIterator
             yield part.data
         return
     assert part.path is not None
-    if part.size <= read_size:
-        # One worker-thread hand-off for the whole file instead of open, read, read, close:
-        # for many small instances the hand-offs cost more than the reading.
-        yield await anyio.to_thread.run_sync(_read_small, part.path, part.size)
-        return
-    # Larger files: each read opens the file at its offset, so no file stays open across
-    # a yield (a body abandoned mid-way, when a connection drops, may never be closed and
-    # would leave it to the garbage collector); the last read asks for one byte more than
-    # is left, so a file that grew shows without a trip spent on reading nothing.
+    # Each read opens the file at its offset, so no file stays open across a yield (a body
+    # abandoned when a connection drops may never be closed, which would leave the file to
+    # the garbage collector). Each asks one byte more than is left: a file that grew
+    # shows, and a short read is the end, so a file that fits one read costs one
+    # worker-thread trip in all.
     sent = 0
     while True:
-        left = part.size - sent
-        chunk = await anyio.to_thread.run_sync(_read_at, part.path, sent, min(read_size, left + 1))
-        if not chunk:
-            break
+        asked = min(read_size, part.size - sent + 1)
+        chunk = await anyio.to_thread.run_sync(_read_at, part.path, sent, asked)
         sent += len(chunk)
-        if sent > part.size:
+        if not chunk or sent > part.size:
             break
         yield chunk
-        if sent == part.size:
-            # Anything beyond the planned size means the file grew.
-            sent += len(await anyio.to_thread.run_sync(_read_at, part.path, sent, 1))
+        if len(chunk) < asked:
             break
     if sent != part.size:
         raise OSError(f"{part.path} changed size while being uploaded ({part.size} -> {sent})")
@@ -72,14 +64,6 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
         if offset:
             f.seek(offset)
         return f.read(size)
-
-
-def _read_small(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(size + 1)
-    if len(data) != size:
-        raise OSError(f"{path} changed size while being uploaded ({size} -> {len(data)}+)")
-    return data
 
 
 class MultipartBody(httpx.AsyncByteStream):
