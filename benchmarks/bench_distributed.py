@@ -75,25 +75,10 @@ def _single(url: str, folder: Path, concurrency: int) -> tuple[float, int]:
 def _cluster(
     url: str, folder: Path, workers: int, concurrency: int, shards: int
 ) -> tuple[float, int, float]:
-    import distributed
-
-    from dicomweb_async.distributed import Target, store_folders
+    from dicomweb_async.distributed import Target, local_cluster, store_folders
 
     started = time.perf_counter()
-    with (
-        distributed.LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            worker_dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": False},
-            silence_logs=40,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.wait_for_workers(workers)
+    with local_cluster(workers) as client:
         # Importing the package on each worker is part of starting up, not of the upload.
         client.run(importlib.import_module, "dicomweb_async.distributed")
         startup = time.perf_counter() - started

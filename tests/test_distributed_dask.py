@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dicomweb_async import Progress, UploadReport
-from dicomweb_async.distributed import Target, download_studies, store_folders
+from dicomweb_async.distributed import Target, download_studies, local_cluster, store_folders
 from tests.loopback_server import LoopbackServer, write_instance_files
 from tests.test_bulk_upload import posts, sop_of, stored_parts
 
@@ -30,24 +30,9 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        # No dashboard; the HTTP endpoints Dask always serves go to a free loopback port.
-        dashboard_address="127.0.0.1:0",
-        worker_dashboard_address="127.0.0.1:0",
-        scheduler_kwargs={"dashboard": False},
-        silence_logs=40,
-    )
-    client = distributed.Client(cluster)
-    try:
+    with local_cluster(2, threads_per_worker=2) as client:
         _assert_loopback_only(client)
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _assert_loopback_only(client: Any) -> None:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ..distributed import Target
+from ..distributed import Target, local_cluster
 
 __all__ = ["TOKEN_ENV", "cluster", "sharded", "target"]
 
@@ -56,20 +56,5 @@ def cluster(args: argparse.Namespace) -> Iterator[Any]:
         with dask.Client(args.scheduler) as client:
             yield client
         return
-    # One shard at a time per process (each keeps many requests in flight on its own event
-    # loop), on loopback only, without the dashboard.
-    with (
-        dask.LocalCluster(
-            n_workers=args.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            # No dashboard; the HTTP endpoints Dask always serves take a free loopback port.
-            dashboard_address="127.0.0.1:0",
-            worker_dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": False},
-            silence_logs=40,
-        ) as local,
-        dask.Client(local) as client,
-    ):
+    with local_cluster(args.workers) as client:
         yield client

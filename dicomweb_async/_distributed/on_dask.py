@@ -15,10 +15,11 @@ many shards are queued, so that workers do not wait on the driver between shards
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._bulk.download import DownloadReport
@@ -33,11 +34,41 @@ from .spec import ShardSpec, Target
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["DEFAULT_SHARDS", "download_studies", "store_folders"]
+__all__ = ["DEFAULT_SHARDS", "download_studies", "local_cluster", "store_folders"]
 
 #: Shards a plan is cut into unless told otherwise. A fixed number, not one derived from
 #: the cluster, so that a re-run on another cluster finds the same shards (and journals).
 DEFAULT_SHARDS = 64
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int, *, threads_per_worker: int = 1) -> Iterator[Any]:
+    """A Dask cluster of ``workers`` processes on this machine, and a client of it.
+
+    Everything it listens on is bound to 127.0.0.1, and the dashboard is off (the HTTP
+    endpoints Dask always serves take a free loopback port). One thread per worker is
+    the default: a shard keeps many requests in flight on its own event loop.
+
+    Yields
+    ------
+    distributed.Client
+    """
+    dask: Any = importlib.import_module("distributed")
+    with (
+        dask.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=40,
+        ) as cluster,
+        dask.Client(cluster) as client,
+    ):
+        client.wait_for_workers(workers)
+        yield client
 
 
 def store_folders(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .. import _present_as_public
 from .._distributed.merge import merge_reports
-from .._distributed.on_dask import download_studies, store_folders
+from .._distributed.on_dask import download_studies, local_cluster, store_folders
 from .._distributed.plan import plan_downloads, plan_uploads
 from .._distributed.run import ShardReport, run_shard
 from .._distributed.spec import ShardSpec, Target
@@ -26,6 +26,7 @@ __all__ = [
     "ShardSpec",
     "Target",
     "download_studies",
+    "local_cluster",
     "merge_reports",
     "plan_downloads",
     "plan_uploads",
