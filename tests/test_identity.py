@@ -186,3 +186,22 @@ def test_the_head_of_a_download_is_its_first_bytes(
     assert type(got) is bytes
     if chunks and len(chunks[0]) >= limit:
         assert got is chunks[0]
+
+
+def test_the_scan_keeps_small_files_and_reads_the_header_of_large_ones(tmp_path: Path) -> None:
+    from dicomweb_async._bulk.scan import ScannedFile, scan_file
+
+    path = tmp_path / "x.dcm"
+    data = _encode(JPEGBaseline8Bit, with_sequence=True, undefined=True)
+    path.write_bytes(data)
+    kept = scan_file(path, keep_up_to=len(data))
+    assert isinstance(kept, ScannedFile) and kept.data == data
+    assert (kept.study_instance_uid, kept.sop_class_uid) == (STUDY, SOP_CLASS)
+    assert kept.transfer_syntax == JPEGBaseline8Bit
+    header_only = scan_file(path, keep_up_to=len(data) - 1)
+    assert isinstance(header_only, ScannedFile) and header_only.data is None
+    assert header_only.sop_instance_uid == SOP
+    # Encodings the fast reader leaves alone still scan, through pydicom.
+    path.write_bytes(_encode(ExplicitVRBigEndian))
+    big_endian = scan_file(path, keep_up_to=1 << 20)
+    assert isinstance(big_endian, ScannedFile) and big_endian.series_instance_uid == SERIES
