@@ -98,3 +98,9 @@ async def test_small_bodies_in_memory_are_one_piece_without_iterating(tmp_path: 
     assert MultipartBody([_file(tmp_path / "a.dcm", 10, 1)]).in_memory() is None
     big = bytes(300 * 1024)
     assert MultipartBody([BodyPart(size=len(big), data=big)]).in_memory() is None
+
+
+def test_a_single_part_body_in_memory_is_had_whole() -> None:
+    body = SinglePartBody(BodyPart(size=5, data=b"hello"))
+    assert body.in_memory() == b"hello" and body.iterations == 1
+    assert SinglePartBody(BodyPart(size=9, path=Path("x.dcm"))).in_memory() is None

@@ -33,7 +33,7 @@ import anyio
 import httpx
 import yarl
 
-from .bodies import MultipartBody
+from .bodies import FileBody
 from .proxies import ProxyRules
 
 __all__ = ["AiohttpTransport"]
@@ -304,7 +304,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         data: bytes | AsyncIterator[bytes] | None = None
         if isinstance(stream, httpx.ByteStream):
             data = b"".join(stream)
-        elif isinstance(stream, MultipartBody):
+        elif isinstance(stream, FileBody):
             # A small body held in memory goes out in one write with the request headers,
             # with no per-piece timing to do.
             data = stream.in_memory()

@@ -15,7 +15,7 @@ import httpx
 
 from .._core.multipart_writer import BodyPart, MultipartWriter
 
-__all__ = ["MultipartBody", "SinglePartBody", "iter_part"]
+__all__ = ["FileBody", "MultipartBody", "SinglePartBody", "iter_part"]
 
 READ_SIZE = 1024 * 1024
 # Pieces smaller than _ALONE are joined with their framing (and each other) up to
@@ -66,7 +66,21 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
         return f.read(size)
 
 
-class MultipartBody(httpx.AsyncByteStream):
+class FileBody(httpx.AsyncByteStream):
+    """A replayable request body that may also be had whole, when it is small and in memory."""
+
+    iterations: int
+
+    def in_memory(self) -> bytes | None:
+        """The whole body at once, if every part is in memory and it is small.
+
+        An engine that can send ``bytes`` in one write (aiohttp) takes this instead of
+        iterating; it counts as one iteration.
+        """
+        raise NotImplementedError
+
+
+class MultipartBody(FileBody):
     """A ``multipart/related`` request body over in-memory and on-disk parts.
 
     Parameters
@@ -100,11 +114,7 @@ class MultipartBody(httpx.AsyncByteStream):
         }
 
     def in_memory(self) -> bytes | None:
-        """The whole body at once, if every part is in memory and it is small.
-
-        An engine that can send ``bytes`` in one write (aiohttp) takes this instead of
-        iterating; it counts as one iteration.
-        """
+        """See :meth:`FileBody.in_memory`."""
         if self.content_length > _COALESCE or any(p.data is None for p in self.parts):
             return None
         self.iterations += 1
@@ -142,7 +152,7 @@ class MultipartBody(httpx.AsyncByteStream):
         yield b"".join(pending)
 
 
-class SinglePartBody(httpx.AsyncByteStream):
+class SinglePartBody(FileBody):
     """One instance sent as a plain ``application/dicom`` body (Azure's single-part STOW)."""
 
     def __init__(self, part: BodyPart, read_size: int = READ_SIZE):
@@ -154,6 +164,14 @@ class SinglePartBody(httpx.AsyncByteStream):
     def headers(self) -> dict[str, str]:
         """Content-Type and Content-Length of this body."""
         return {"Content-Type": self.part.content_type, "Content-Length": str(self.part.size)}
+
+    def in_memory(self) -> bytes | None:
+        """See :meth:`FileBody.in_memory`."""
+        data = self.part.data
+        if data is None or len(data) > _COALESCE:
+            return None
+        self.iterations += 1
+        return data
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.iterations += 1
