@@ -15,10 +15,11 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TextIO
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TextIO
 
 from .. import AsyncDICOMwebClient, DICOMwebError
 from . import commands, sharded
@@ -68,6 +69,43 @@ async def _run(args: argparse.Namespace, settings: Settings, console: Console, o
         command = _COMMANDS[args.what if args.command == "retrieve" else args.command]
         ok = await command(commands.Context(args, client, console, out))
         return EXIT_OK if ok else EXIT_FAILED
+
+
+def _run_interruptibly(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``, with Ctrl-C cancelling ``main`` as Python 3.11 does.
+
+    Python 3.10 raises KeyboardInterrupt in whatever task happens to run when the signal
+    arrives (a request body being sent, say), which leaves that task's error to be
+    printed at exit; cancelling the main task instead unwinds every task in order.
+    """
+    if sys.version_info >= (3, 11):
+        return asyncio.run(main)
+
+    async def guarded() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        interrupted = False
+
+        def on_interrupt() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        except (NotImplementedError, RuntimeError, ValueError):  # no signal handlers here
+            return await main
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    return asyncio.run(guarded())
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -123,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with logging_to(console, args.verbose):
         try:
             settings.ask_password(redact)
-            return asyncio.run(_run(args, settings, console, out))
+            return _run_interruptibly(_run(args, settings, console, out))
         except KeyboardInterrupt:
             console.close()
             resumable = args.command == "upload" and args.journal
