@@ -104,3 +104,21 @@ def test_a_single_part_body_in_memory_is_had_whole() -> None:
     body = SinglePartBody(BodyPart(size=5, data=b"hello"))
     assert body.in_memory() == b"hello" and body.iterations == 1
     assert SinglePartBody(BodyPart(size=9, path=Path("x.dcm"))).in_memory() is None
+
+
+def test_spans_are_the_body_with_files_left_whole(tmp_path: Path) -> None:
+    a, b = _file(tmp_path / "a.dcm", 3 * READ, 1), _file(tmp_path / "b.dcm", 10, 2)
+    memory = BodyPart(size=5, data=b"hello")
+    writer = MultipartWriter()
+    body = MultipartBody([a, memory, b], writer)
+    spans = body.spans()
+    assert body.iterations == 1
+    # Framing and in-memory parts joined; each file a span of its own, in order.
+    assert [type(s) for s in spans] == [bytes, BodyPart, bytes, BodyPart, bytes]
+    assert spans[1] is a and spans[3] is b
+    whole = b"".join(s if isinstance(s, bytes) else s.path.read_bytes() for s in spans)  # type: ignore[union-attr]
+    assert whole == _expected(writer, [a, memory, b])
+    assert len(whole) == body.content_length
+    single = SinglePartBody(a)
+    assert single.spans() == [a] and single.iterations == 1
+    assert SinglePartBody(memory).spans() == [b"hello"]

@@ -35,6 +35,7 @@ import yarl
 
 from .bodies import FileBody
 from .proxies import ProxyRules
+from .sendfile_payload import SendfilePayload
 
 __all__ = ["AiohttpTransport"]
 
@@ -66,7 +67,13 @@ def _mapped_errors(request: httpx.Request, *, reading: bool) -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
     except (aiohttp.ClientError, OSError) as exc:
         kind = httpx.ReadError if reading else httpx.WriteError
-        raise kind(str(exc) or type(exc).__name__, request=request) from exc
+        message = str(exc) or type(exc).__name__
+        # aiohttp words a failed body write in general terms and keeps the reason (a file
+        # that changed size, a reset connection) as the cause.
+        cause = exc.__cause__
+        if cause is not None and str(cause) and str(cause) not in message:
+            message = f"{message}: {cause}"
+        raise kind(message, request=request) from exc
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:
@@ -211,6 +218,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         ``keepalive_expiry`` how long an idle one is kept.
     proxies : ProxyRules
         Where requests go through a proxy.
+    sendfile : bool
+        Send the files of request bodies with ``sendfile`` on plain HTTP connections
+        (see ``sendfile_payload.py``); False reads them and writes what was read.
     """
 
     def __init__(
@@ -219,7 +229,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         verify: Any = True,
         limits: httpx.Limits,
         proxies: ProxyRules | None = None,
+        sendfile: bool = True,
     ) -> None:
+        self._sendfile = sendfile
+        #: Bytes of request bodies that went from files to sockets by ``sendfile``.
+        self.sent_by_kernel = 0
         self._ssl: ssl.SSLContext | bool | None = None
         self._make_ssl: Callable[[], ssl.SSLContext | bool] | None = None
         if verify is False or isinstance(verify, ssl.SSLContext):
@@ -301,27 +315,47 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # body is not taken in time; a body sent in one piece needs none.
         watchdog: anyio.CancelScope | None = None
         stream = request.stream
-        data: bytes | AsyncIterator[bytes] | None = None
+        data: bytes | AsyncIterator[bytes] | SendfilePayload | None = None
         if isinstance(stream, httpx.ByteStream):
             data = b"".join(stream)
         elif isinstance(stream, FileBody):
             # A small body held in memory goes out in one write with the request headers,
             # with no per-piece timing to do.
             data = stream.in_memory()
+        url, proxy = self._route(request.url)
         if data is None:
             assert isinstance(stream, httpx.AsyncByteStream)
             watchdog = anyio.CancelScope()
 
-            async def body() -> AsyncIterator[bytes]:
+            def tick() -> None:
                 assert watchdog is not None
-                async for chunk in stream:
-                    if write_timeout is not None:
-                        watchdog.deadline = anyio.current_time() + write_timeout
-                    yield chunk
-                watchdog.deadline = math.inf
+                if write_timeout is not None:
+                    watchdog.deadline = anyio.current_time() + write_timeout
 
-            data = body()
-        url, proxy = self._route(request.url)
+            def sent(by_kernel: int = 0) -> None:
+                # Waiting for the answer is the read timeout's business.
+                assert watchdog is not None
+                watchdog.deadline = math.inf
+                self.sent_by_kernel += by_kernel
+
+            length = request.headers.get("content-length")
+            if (
+                isinstance(stream, FileBody)
+                and self._sendfile
+                and url.scheme == "http"
+                and length is not None
+            ):
+                # Files on a plain connection go from the page cache to the socket.
+                data = SendfilePayload(stream.spans(), int(length), tick, sent)
+            else:
+
+                async def body() -> AsyncIterator[bytes]:
+                    async for chunk in stream:
+                        tick()
+                        yield chunk
+                    sent()
+
+                data = body()
         with _mapped_errors(request, reading=False), watchdog or contextlib.nullcontext():
             response = await session.request(
                 request.method,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import anyio
 import httpx
 
 from .._core.multipart_writer import BodyPart, MultipartWriter
 
-__all__ = ["FileBody", "MultipartBody", "SinglePartBody", "iter_part"]
+__all__ = ["FileBody", "MultipartBody", "SinglePartBody", "Span", "iter_part"]
 
 READ_SIZE = 1024 * 1024
 # Pieces smaller than _ALONE are joined with their framing (and each other) up to
@@ -26,8 +27,10 @@ _COALESCE = 256 * 1024
 ProgressCallback = Callable[[int], None]
 
 
-async def iter_part(part: BodyPart, read_size: int = READ_SIZE) -> AsyncIterator[bytes]:
-    """Yield the bytes of one part, reading files in ``read_size`` pieces.
+async def iter_part(
+    part: BodyPart, read_size: int = READ_SIZE, start: int = 0
+) -> AsyncIterator[bytes]:
+    """Yield the bytes of one part from offset ``start``, reading files in ``read_size`` pieces.
 
     Raises
     ------
@@ -36,8 +39,8 @@ async def iter_part(part: BodyPart, read_size: int = READ_SIZE) -> AsyncIterator
         (the declared Content-Length would otherwise be wrong).
     """
     if part.data is not None:
-        if part.data:
-            yield part.data
+        if part.data[start:]:
+            yield part.data[start:]
         return
     assert part.path is not None
     # Each read opens the file at its offset, so no file stays open across a yield (a body
@@ -45,7 +48,7 @@ async def iter_part(part: BodyPart, read_size: int = READ_SIZE) -> AsyncIterator
     # the garbage collector). Each asks one byte more than is left: a file that grew
     # shows, and a short read is the end, so a file that fits one read costs one
     # worker-thread trip in all.
-    sent = 0
+    sent = start
     while True:
         asked = min(read_size, part.size - sent + 1)
         chunk = await anyio.to_thread.run_sync(_read_at, part.path, sent, asked)
@@ -66,10 +69,21 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
         return f.read(size)
 
 
+Span: TypeAlias = "bytes | BodyPart"
+
+
 class FileBody(httpx.AsyncByteStream):
     """A replayable request body that may also be had whole, when it is small and in memory."""
 
     iterations: int
+
+    def spans(self) -> list[Span]:
+        """The body as bytes to send and whole files (:class:`BodyPart` with a path), in order.
+
+        An engine that can hand a file to the kernel (``sendfile``) takes this instead of
+        iterating; it counts as one iteration. Adjacent bytes are joined.
+        """
+        raise NotImplementedError
 
     def in_memory(self) -> bytes | None:
         """The whole body at once, if every part is in memory and it is small.
@@ -125,6 +139,23 @@ class MultipartBody(FileBody):
         pieces.append(self.writer.tail())
         return b"".join(pieces)
 
+    def spans(self) -> list[Span]:
+        """See :meth:`FileBody.spans`."""
+        self.iterations += 1
+        spans: list[Span] = []
+        pending: list[bytes] = []
+        for part in self.parts:
+            pending.append(self.writer.head(part))
+            if part.data is not None:
+                pending.append(part.data)
+            else:
+                spans += (b"".join(pending), part)
+                pending = []
+            pending.append(self.writer.part_end())
+        pending.append(self.writer.tail())
+        spans.append(b"".join(pending))
+        return spans
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.iterations += 1
         # Framing is a few dozen bytes and a small instance a few kilobytes; each piece sent
@@ -172,6 +203,11 @@ class SinglePartBody(FileBody):
             return None
         self.iterations += 1
         return data
+
+    def spans(self) -> list[Span]:
+        """See :meth:`FileBody.spans`."""
+        self.iterations += 1
+        return [self.part] if self.part.data is None else [self.part.data]
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.iterations += 1
