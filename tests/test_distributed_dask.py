@@ -3,7 +3,6 @@ dashboard, against the loopback server, including a worker killed mid-shard."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -19,12 +18,12 @@ import pytest
 
 from dicomweb_async import Progress, UploadReport
 from dicomweb_async.distributed import Target, download_studies, local_cluster, store_folders
-from tests.loopback_server import LoopbackServer, write_instance_files
-from tests.test_bulk_upload import posts, sop_of, stored_parts
+from tests.loopback_server import LoopbackServer
+from tests.shard_helpers import SIZE, archive, assert_each_once_on_the_server, received
+from tests.test_bulk_upload import posts, stored_parts
 
 distributed = pytest.importorskip("distributed")
 
-SIZE = 8192
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -61,31 +60,10 @@ def server(tmp_path: Path) -> Iterator[LoopbackServer]:
         assert srv.errors == []
 
 
-def _archive(root: Path, studies: int, per_study: int) -> list[Path]:
-    files: list[Path] = []
-    for number in range(1, studies + 1):
-        uid = f"1.2.826.0.1.3680043.8.498.9300{number}"
-        files += write_instance_files(root / f"s{number}", per_study, SIZE, study_uid=uid)
-    return files
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _assert_each_once_on_the_server(server: LoopbackServer, files: list[Path]) -> None:
-    for path in files:
-        held = server.get_instance(sop_of(path))
-        assert held is not None and held.path is not None
-        assert _digest(held.path) == _digest(path)
-    held_count = sum(len(s) for study in server.registry().values() for s in study.values())
-    assert held_count == len(files)
-
-
 def test_an_upload_over_two_workers(
     dask_client: Any, server: LoopbackServer, tmp_path: Path
 ) -> None:
-    files = _archive(tmp_path / "in", studies=6, per_study=4)
+    files = archive(tmp_path / "in", studies=6, per_study=4)
     events: list[Progress] = []
     server.latency = 0.005
 
@@ -102,7 +80,7 @@ def test_an_upload_over_two_workers(
     assert isinstance(report, UploadReport) and report.ok
     assert sorted(o.path for o in report.outcomes) == sorted(files)
     assert Counter(stored_parts(server).values()) == Counter({1: len(files)})
-    _assert_each_once_on_the_server(server, files)
+    assert_each_once_on_the_server(server, files)
     # Never more requests at once than the total bound, over all workers.
     assert 1 <= server.max_in_flight <= 4
     assert events and events[-1].final and events[-1].done == len(files)
@@ -129,7 +107,7 @@ def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(
     # Azure answers a second copy with 409 (45070, already stored); Orthanc with 200.
     server.duplicate_policy = "conflict" if mode == "azure" else "accept"
     server.latency = 0.03
-    files = _archive(tmp_path / "in", studies=4, per_study=10)
+    files = archive(tmp_path / "in", studies=4, per_study=10)
     # All four worker threads up (a worker killed by the other mode may still be coming
     # back), so that the bound splits into one request per shard.
     dask_client.wait_for_workers(2, timeout=60)
@@ -170,12 +148,9 @@ def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(
     # Every input exactly once in the merged report.
     assert sorted(o.path for o in report.outcomes) == sorted(files)
     # Every instance on the server exactly once, byte for byte.
-    _assert_each_once_on_the_server(server, files)
+    assert_each_once_on_the_server(server, files)
     # What was sent twice is bounded by what one shard keeps in flight.
-    received = Counter(
-        part.sop_uid for r in posts(server) if r.status is not None for part in r.parts
-    )
-    twice = [sop for sop, n in received.items() if n > 1]
+    twice = [sop for sop, n in received(server).items() if n > 1]
     # The bound is shared by 2 workers x 2 threads: one request per shard. The killed
     # worker ran at most two shards, so at most two instances were in flight on it.
     per_shard = concurrency // 4
@@ -207,7 +182,7 @@ def test_the_driver_killed_and_the_job_run_again(
     dask_client: Any, server: LoopbackServer, tmp_path: Path
 ) -> None:
     server.latency = 0.02
-    files = _archive(tmp_path / "in", studies=8, per_study=6)
+    files = archive(tmp_path / "in", studies=8, per_study=6)
     journals = tmp_path / "journals"
     dask_client.wait_for_workers(2, timeout=60)
     address = dask_client.scheduler.address
@@ -244,10 +219,8 @@ def test_the_driver_killed_and_the_job_run_again(
 
     assert report.ok, [o.message for o in report.failed]
     assert sorted(o.path for o in report.outcomes) == sorted(files)
-    _assert_each_once_on_the_server(server, files)
-    received = Counter(
-        part.sop_uid for r in posts(server) if r.status is not None for part in r.parts
-    )
+    assert_each_once_on_the_server(server, files)
     # Sent twice: at most what the killed run had in flight (its tasks may even have run on
     # beside the new ones, each attempt with a journal of its own).
-    assert sum(n - 1 for n in received.values()) <= concurrency, received.most_common(8)
+    sent = received(server)
+    assert sum(n - 1 for n in sent.values()) <= concurrency, sent.most_common(8)

@@ -201,6 +201,14 @@ def _add_cluster_options(parser: argparse.ArgumentParser, positive: Any) -> None
         metavar="ADDRESS",
         help="shard the work over the Dask cluster of this scheduler (tcp://host:8786)",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="shard the work over Ray instead: alone, a local Ray of --workers CPUs (all by "
+        "default) on 127.0.0.1; with ADDRESS, that Ray cluster (needs the ray extra)",
+    )
 
 
 def _add_resource(parser: argparse.ArgumentParser, *, instance: bool) -> None:
@@ -258,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--journal",
         metavar="FILE",
         help="record confirmed instances in FILE; a re-run with it skips them "
-        "(with --workers or --scheduler: a folder of per-shard journals)",
+        "(with --workers, --scheduler or --ray: a folder of per-shard journals)",
     )
     _add_cluster_options(upload, positive)
 

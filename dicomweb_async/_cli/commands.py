@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from .. import AsyncDICOMwebClient, DICOMwebError, DownloadReport, UploadReport, distributed
+from .. import AsyncDICOMwebClient, DICOMwebError, DownloadReport, UploadReport
 from . import sharded
 from .console import Console
 from .tables import (
@@ -88,21 +88,8 @@ async def upload(ctx: Context) -> bool:
     args = ctx.args
     report: UploadReport
     if sharded.sharded(args):
-
-        def over_cluster() -> UploadReport:
-            with sharded.cluster(args) as client:
-                return distributed.store_folders(
-                    args.sources,
-                    args.target,
-                    client=client,
-                    concurrency=args.concurrency,
-                    journal_dir=args.journal,
-                    max_request_bytes=args.max_request_bytes,
-                    progress=ctx.console.progress,
-                )
-
-        # The cluster's client runs an event loop of its own: it is kept off this one.
-        report = await anyio.to_thread.run_sync(over_cluster)
+        # A cluster's client runs an event loop of its own: it is kept off this one.
+        report = await anyio.to_thread.run_sync(sharded.store, args, ctx.console.progress)
     else:
         report = await ctx.client.store_folder(
             args.sources,
@@ -133,19 +120,9 @@ async def download(ctx: Context) -> bool:
             return True
     report: DownloadReport
     if sharded.sharded(args):
-
-        def over_cluster() -> DownloadReport:
-            with sharded.cluster(args) as client:
-                return distributed.download_studies(
-                    studies,
-                    args.target,
-                    args.out,
-                    client=client,
-                    concurrency=args.concurrency,
-                    progress=ctx.console.progress,
-                )
-
-        report = await anyio.to_thread.run_sync(over_cluster)
+        report = await anyio.to_thread.run_sync(
+            sharded.download, args, studies, ctx.console.progress
+        )
     else:
         report = await ctx.client.download_studies(
             studies,

@@ -146,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_command(args, parser)
             if sharded.sharded(args):
                 if settings.ask_password_for is not None:
-                    parser.error("--workers and --scheduler take a bearer token, not --user")
+                    parser.error("a cluster takes a bearer token, not --user")
                 if args.command == "download" and not args.skip_existing:
-                    parser.error("--no-skip-existing does not combine with --workers")
+                    parser.error("--no-skip-existing does not combine with a cluster")
                 args.target = sharded.target(args, settings.url, settings.auth, parser)
     except SystemExit as exc:
         sys.stderr.write(redact(errors.getvalue()))
