@@ -21,6 +21,7 @@ from dicomweb_async.distributed import (
     ShardReport,
     ShardSpec,
     Target,
+    find_studies,
     merge_reports,
     plan_downloads,
     plan_uploads,
@@ -261,6 +262,28 @@ def test_download_shards_write_every_study(server: LoopbackServer, tmp_path: Pat
     assert merged.ok and len(merged.outcomes) == 12
     assert {o.study_instance_uid for o in merged.outcomes} == set(uids)
     assert all(o.path is not None and o.path.stat().st_size == SIZE for o in merged.outcomes)
+
+
+def test_downloads_planned_from_one_search(server: LoopbackServer, tmp_path: Path) -> None:
+    uids = [f"1.2.826.0.1.3680043.8.498.9210{n}" for n in range(1, 6)]
+    for uid in uids:
+        server.add_synthetic_study(uid, 2, SIZE)
+    wanted = sorted(uids[:3])
+    filters = {"StudyInstanceUID": ",".join(wanted)}
+
+    def study_searches() -> int:
+        return sum(1 for r in server.requests if r.method == "GET" and r.path == "/studies")
+
+    assert sorted(find_studies(Target(server.url), filters)) == wanted
+    plan = plan_downloads(filters, Target(server.url), tmp_path / "out", shards=8)
+
+    assert sorted(m for spec in plan for m in spec.members) == wanted
+    assert len(plan) == 3
+    searched = study_searches()
+    assert searched >= 2
+    merged = merge_reports(plan, [run_shard(spec) for spec in plan])
+    assert merged.ok and {o.study_instance_uid for o in merged.outcomes} == set(wanted)
+    assert study_searches() == searched  # the shards list their own studies only
 
 
 # -- merging ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import contextlib
 import importlib
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._bulk.download import DownloadReport
@@ -131,7 +131,7 @@ def store_folders(
 
 
 def download_studies(
-    studies: Iterable[str],
+    studies: Iterable[str] | Mapping[str, Any],
     target: Target,
     output_dir: str | os.PathLike[str],
     *,
@@ -145,7 +145,8 @@ def download_studies(
     """Download studies over a Dask cluster into ``output_dir`` (shared by the workers).
 
     Parameters are those of :func:`store_folders`; ``studies`` are StudyInstanceUIDs
-    (duplicates dropped). Instances already complete on disk are skipped.
+    (duplicates dropped), or QIDO-RS search filters (a mapping) whose studies are found
+    with one search on the driver. Instances already complete on disk are skipped.
 
     Returns
     -------

@@ -19,7 +19,7 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .._bulk.download import DownloadReport
@@ -145,7 +145,7 @@ def store_folders_on_ray(
 
 
 def download_studies_on_ray(
-    studies: Iterable[str],
+    studies: Iterable[str] | Mapping[str, Any],
     target: Target,
     output_dir: str | os.PathLike[str],
     *,
@@ -159,8 +159,9 @@ def download_studies_on_ray(
     """Download studies over a Ray cluster into ``output_dir`` (shared by the workers).
 
     Parameters are those of :func:`store_folders_on_ray`; ``studies`` are
-    StudyInstanceUIDs (duplicates dropped). Instances already complete on disk are
-    skipped.
+    StudyInstanceUIDs (duplicates dropped), or QIDO-RS search filters (a mapping) whose
+    studies are found with one search on the driver. Instances already complete on disk
+    are skipped.
 
     Returns
     -------

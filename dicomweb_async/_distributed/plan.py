@@ -7,19 +7,26 @@ request (``max_request_bytes``), and two writers of one instance would race into
 server's "being created" answer (45071). Files that cannot be read as DICOM still go to a
 shard, so that its report says what they are.
 
-Downloads: StudyInstanceUIDs, deduplicated and sorted, dealt out in turn.
+Downloads: StudyInstanceUIDs, deduplicated and sorted, dealt out in turn; given search
+filters instead, the driver finds the studies with one QIDO-RS search (every page) first.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from .._bulk.scan import ScannedFile, iter_paths, scan_file
+from .._core.datasets import first_value
 from .spec import ShardSpec, Target, shard_id
 
-__all__ = ["plan_downloads", "plan_uploads"]
+__all__ = ["find_studies", "plan_downloads", "plan_uploads"]
+
+_STUDY_UID = "0020000D"
 
 
 def _check_shards(shards: int) -> None:
@@ -97,8 +104,34 @@ def plan_uploads(
     return sorted(specs, key=lambda s: s.shard_id)
 
 
+def find_studies(target: Target, search_filters: Mapping[str, Any]) -> list[str]:
+    """The StudyInstanceUIDs one QIDO-RS search finds, every page, each once (blocking).
+
+    Run on the driver, before sharding, so that every worker does not search again and
+    a study found twice (a server paging inconsistently) is still downloaded once.
+
+    Parameters
+    ----------
+    target : Target
+        The server; its credentials are taken here, on the driver.
+    search_filters : mapping
+        QIDO-RS filters, such as ``{"PatientID": "ID1", "StudyDate": "20240101-"}``.
+    """
+
+    async def search() -> list[str]:
+        async with target.client(max_connections=1) as client:
+            found: dict[str, None] = {}
+            async for item in client.iter_search_for_studies(search_filters=dict(search_filters)):
+                uid = first_value(item, _STUDY_UID)
+                if uid:
+                    found[uid] = None
+            return list(found)
+
+    return anyio.run(search)
+
+
 def plan_downloads(
-    studies: Iterable[str],
+    studies: Iterable[str] | Mapping[str, Any],
     target: Target,
     output_dir: str | os.PathLike[str],
     *,
@@ -110,8 +143,9 @@ def plan_downloads(
 
     Parameters
     ----------
-    studies : iterable of str
-        StudyInstanceUIDs; duplicates are dropped.
+    studies : iterable of str, or mapping
+        StudyInstanceUIDs (duplicates are dropped), or QIDO-RS search filters whose
+        studies are found first (:func:`find_studies`).
     target : Target
     output_dir : path
         Where every shard writes ``<study>/<series>/<sop>.dcm``.
@@ -123,6 +157,8 @@ def plan_downloads(
         Where finished shards leave their reports, so a re-run skips them.
     """
     _check_shards(shards)
+    if isinstance(studies, Mapping):
+        studies = find_studies(target, studies)
     unique = sorted(set(studies))
     if not unique:
         return []

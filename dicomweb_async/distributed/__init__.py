@@ -19,7 +19,7 @@ from .. import _present_as_public
 from .._distributed.merge import merge_reports
 from .._distributed.on_dask import download_studies, local_cluster, store_folders
 from .._distributed.on_ray import download_studies_on_ray, local_ray, store_folders_on_ray
-from .._distributed.plan import plan_downloads, plan_uploads
+from .._distributed.plan import find_studies, plan_downloads, plan_uploads
 from .._distributed.run import ShardReport, run_shard
 from .._distributed.spec import ShardSpec, Target
 
@@ -29,6 +29,7 @@ __all__ = [
     "Target",
     "download_studies",
     "download_studies_on_ray",
+    "find_studies",
     "local_cluster",
     "local_ray",
     "merge_reports",
