@@ -1,14 +1,17 @@
-"""A folder of small instances stored by one process and by a local Dask cluster.
+"""A folder of small instances stored by one process and by a local Dask (or Ray) cluster.
 
-Run from the repository root (Dask must be installed; ``pip install ".[dask]"``)::
+Run from the repository root (Dask must be installed, and Ray for ``--engines ray``;
+``pip install ".[dask,ray]"``)::
 
     python -m benchmarks.bench_distributed                      # latency-bound case
     python -m benchmarks.bench_distributed --count 20000 --latency 0.005 --workers 1,2
+    python -m benchmarks.bench_distributed --engines dask,ray
 
 The instances are spread over ``--studies`` studies (a study is never split over two
 shards). Case (a) is ``store_folder`` in one process at each ``--concurrency``; case (b)
 is ``dicomweb_async.distributed.store_folders`` over a fresh local cluster of N worker
-processes (one thread each) at the same total concurrency, cut into ``--shards`` shards.
+processes (one thread each) at the same total concurrency, cut into ``--shards`` shards;
+case (c) is ``store_folders_on_ray`` over a fresh ``local_ray(N)`` in the same way.
 Starting the cluster (and importing the package on its workers) is timed on its own and
 left out of (b)'s rate. Every run is a fresh process or cluster against a fresh loopback
 server (a process of its own on 127.0.0.1, ``--hashing none``).
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shards", type=_levels, default=[64], help="shard counts of case (b) (64, the default)"
     )
+    parser.add_argument(
+        "--engines", default="dask", help="comma-separated: dask, ray (default dask)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (default 3)")
     parser.add_argument("--out-dir", type=Path, default=None, help="scratch parent (/tmp)")
     return parser
@@ -90,13 +96,64 @@ def _cluster(
     return elapsed, len(report.stored) + len(report.already_stored), startup
 
 
+def _ray(
+    url: str, folder: Path, workers: int, concurrency: int, shards: int
+) -> tuple[float, int, float]:
+    import ray
+
+    from dicomweb_async.distributed import Target, local_ray, store_folders_on_ray
+
+    started = time.perf_counter()
+    with local_ray(workers):
+        # Start the worker processes and import the package in them, as for Dask.
+        ray.get(
+            [
+                ray.remote(importlib.import_module).remote("dicomweb_async.distributed")
+                for _ in range(workers)
+            ]
+        )
+        startup = time.perf_counter() - started
+        t = time.perf_counter()
+        report = store_folders_on_ray(folder, Target(url), concurrency=concurrency, shards=shards)
+        elapsed = time.perf_counter() - t
+    return elapsed, len(report.stored) + len(report.already_stored), startup
+
+
+RUNNERS = {"dask": ("(b) Dask", _cluster), "ray": ("(c) Ray", _ray)}
+
+
+def _cluster_cases(
+    engine: str,
+    args: argparse.Namespace,
+    folder: Path,
+    level: int,
+    server_args: tuple[str, ...],
+    rows: dict[str, list[float]],
+    startups: dict[str, list[float]],
+) -> None:
+    """One run of every cluster size and shard count on ``engine``, into the tables."""
+    name, run = RUNNERS[engine]
+    for workers, shards in [(w, n) for w in args.workers for n in args.shards]:
+        with common.loopback_server(*server_args) as url:
+            elapsed, stored, startup = run(url, folder, workers, level, shards)
+        label = f"{name}, {workers} worker process(es), {shards} shards, c={level}"
+        rows.setdefault(label, []).append(stored / elapsed)
+        startups.setdefault(f"{name[4:]}, {workers} worker process(es)", []).append(startup)
+        common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tests.loopback_server import write_instance_files
 
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(engines) - set(RUNNERS))
+    if unknown:
+        raise SystemExit(f"unknown engine(s): {', '.join(unknown)}")
+
     common.progress(common.environment(None))
     rows: dict[str, list[float]] = {}
-    startups: dict[int, list[float]] = {}
+    startups: dict[str, list[float]] = {}
     per_study = max(1, args.count // args.studies)
     with common.scratch_dir(args.out_dir) as scratch:
         folder = scratch / "instances"
@@ -118,13 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"(a) one process, store_folder, c={level}"
                 rows.setdefault(label, []).append(stored / elapsed)
                 common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
-                for workers, shards in [(w, n) for w in args.workers for n in args.shards]:
-                    with common.loopback_server(*server_args) as url:
-                        elapsed, stored, startup = _cluster(url, folder, workers, level, shards)
-                    label = f"(b) Dask, {workers} worker process(es), {shards} shards, c={level}"
-                    rows.setdefault(label, []).append(stored / elapsed)
-                    startups.setdefault(workers, []).append(startup)
-                    common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
+                for engine in engines:
+                    _cluster_cases(engine, args, folder, level, server_args, rows, startups)
     best_single = max(statistics.median(v) for k, v in rows.items() if k.startswith("(a)"))
     title = (
         f"Store of {count} x {args.size / 1024:g} KiB in {args.studies} studies, server "
@@ -143,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         title, ["case", "median inst/s", "min..max", "vs best single process"], lines
     )
     start_lines = [
-        [f"{w} worker process(es)", f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}"]
-        for w, v in startups.items()
+        [label, f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}"]
+        for label, v in startups.items()
     ]
     common.print_rows(
         "Local cluster start-up (not in the rates above)",
