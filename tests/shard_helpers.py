@@ -4,9 +4,14 @@ disk, the loopback server that stores them, and the checks on what it holds."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+from dicomweb_async import UploadReport
 from tests.loopback_server import LoopbackServer, write_instance_files
 from tests.test_bulk_upload import posts, sop_of
 
@@ -41,3 +46,46 @@ def received(server: LoopbackServer) -> Counter[str]:
     return Counter(
         part.sop_uid or "" for r in posts(server) if r.status is not None for part in r.parts
     )
+
+
+def kill_a_worker_that_confirmed(journals: Path, workers: Callable[[], set[int]]) -> int:
+    """SIGKILL the worker process of a shard once its journal holds confirmed instances.
+
+    A journal is ``<journals>/<shard>/<time>-<pid>-<random>.jsonl``: the pid is the worker
+    process running that attempt, and ``workers()`` the processes that may be killed.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "no shard confirmed anything"
+        candidates = workers()
+        for journal in journals.glob("*/*.jsonl"):
+            pid = int(journal.stem.split("-")[1])
+            if pid in candidates and len(journal.read_bytes().splitlines()) >= 2:
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.005)
+
+
+def assert_nothing_lost_or_doubled(
+    report: UploadReport,
+    server: LoopbackServer,
+    files: list[Path],
+    journals: Path,
+    *,
+    twice_at_most: int,
+    mode: str,
+) -> None:
+    """What a run with a killed worker must still have done."""
+    assert report.ok, [o.message for o in report.failed]
+    # Every input exactly once in the merged report.
+    assert sorted(o.path for o in report.outcomes) == sorted(files)
+    # Every instance on the server exactly once, byte for byte.
+    assert_each_once_on_the_server(server, files)
+    # What was sent twice is bounded by what the killed worker kept in flight.
+    twice = [sop for sop, n in received(server).items() if n > 1]
+    assert len(twice) <= twice_at_most, twice
+    # The killed worker's shard really ran again: a second attempt, a second journal.
+    attempts = [len(list(d.glob("*.jsonl"))) for d in journals.iterdir()]
+    assert max(attempts) >= 2, attempts
+    if mode == "azure":
+        assert all(o.status in ("stored", "already_stored") for o in report.outcomes)

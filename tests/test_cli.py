@@ -787,18 +787,21 @@ def test_progress_bar_on_a_terminal(loopback: LoopbackServer, good_folder: Path)
     assert counts(out)["stored"] == 3
 
 
-# -- sharded over a local Dask cluster ---------------------------------------------------------
+# -- sharded over a local Dask cluster or Ray ---------------------------------------------------
 
 
 @pytest.mark.timeout(180)
-def test_upload_and_download_over_local_dask_workers(
-    loopback: LoopbackServer, good_folder: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("cluster", "engine"), [("--workers 2", "distributed"), ("--ray --workers 2", "ray")]
+)
+def test_upload_and_download_over_a_local_cluster(
+    loopback: LoopbackServer, good_folder: Path, tmp_path: Path, cluster: str, engine: str
 ) -> None:
-    pytest.importorskip("distributed")
+    pytest.importorskip(engine)
     loopback.require_auth(f"Bearer {SECRET}")
     journals = tmp_path / "journals"
     up = run_cli(
-        f"upload --workers 2 --concurrency 4 --token {SECRET} --journal",
+        f"upload {cluster} --concurrency 4 --token {SECRET} --journal",
         journals,
         good_folder,
         url=loopback.url,
@@ -810,7 +813,7 @@ def test_upload_and_download_over_local_dask_workers(
     assert loopback.max_in_flight <= 4
     out = tmp_path / "out"
     down = run_cli(
-        f"download {STUDY} --workers 2 --token-env MY_TOKEN --out",
+        f"download {STUDY} {cluster} --token-env MY_TOKEN --out",
         out,
         url=loopback.url,
         env={"MY_TOKEN": SECRET},
@@ -830,41 +833,6 @@ def test_cluster_options_refuse_what_workers_cannot_get(loopback: LoopbackServer
     assert remote.returncode == 2 and "--token-env" in remote.stderr
     both = run_cli("upload --workers 2 --scheduler tcp://127.0.0.1:1 .", url=loopback.url)
     assert both.returncode == 2 and "not allowed with" in both.stderr
-
-
-# -- sharded over a local Ray --------------------------------------------------------------------
-
-
-@pytest.mark.timeout(180)
-def test_upload_and_download_over_a_local_ray(
-    loopback: LoopbackServer, good_folder: Path, tmp_path: Path
-) -> None:
-    pytest.importorskip("ray")
-    loopback.require_auth(f"Bearer {SECRET}")
-    journals = tmp_path / "journals"
-    up = run_cli(
-        f"upload --ray --workers 2 --concurrency 4 --token {SECRET} --journal",
-        journals,
-        good_folder,
-        url=loopback.url,
-        timeout=150,
-    )
-    assert up.returncode == 0, up.stderr
-    assert counts(up.stdout)["stored"] == 3
-    assert len(list(journals.glob("*/report.json"))) >= 1  # per-shard journals and reports
-    assert loopback.max_in_flight <= 4
-    out = tmp_path / "out"
-    down = run_cli(
-        f"download {STUDY} --ray --workers 2 --token-env MY_TOKEN --out",
-        out,
-        url=loopback.url,
-        env={"MY_TOKEN": SECRET},
-        timeout=150,
-    )
-    assert down.returncode == 0, down.stderr
-    assert len(list(out.rglob("*.dcm"))) == 3
-    for result in (up, down):
-        assert SECRET not in result.stdout + result.stderr
 
 
 def test_ray_options_refuse_what_they_cannot_do(loopback: LoopbackServer) -> None:

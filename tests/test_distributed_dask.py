@@ -4,7 +4,6 @@ dashboard, against the loopback server, including a worker killed mid-shard."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,14 @@ import pytest
 from dicomweb_async import Progress, UploadReport
 from dicomweb_async.distributed import Target, download_studies, local_cluster, store_folders
 from tests.loopback_server import LoopbackServer
-from tests.shard_helpers import SIZE, archive, assert_each_once_on_the_server, received
+from tests.shard_helpers import (
+    SIZE,
+    archive,
+    assert_each_once_on_the_server,
+    assert_nothing_lost_or_doubled,
+    kill_a_worker_that_confirmed,
+    received,
+)
 from tests.test_bulk_upload import posts, stored_parts
 
 distributed = pytest.importorskip("distributed")
@@ -126,40 +132,21 @@ def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(
 
     driver = threading.Thread(target=upload)
     driver.start()
-    # Once a shard's journal shows instances the server confirmed, kill the worker process
-    # running it (its pid is part of the attempt's name: <time>-<pid>-<random>.jsonl).
     workers = set(dask_client.run(os.getpid).values())
-    victim = None
-    deadline = time.monotonic() + 60
-    while victim is None:
-        assert time.monotonic() < deadline, "no shard confirmed anything"
-        for journal in (tmp_path / "journals").glob("*/*.jsonl"):
-            pid = int(journal.stem.split("-")[1])
-            if pid in workers and len(journal.read_bytes().splitlines()) >= 2:
-                victim = pid
-                break
-        time.sleep(0.005)
-    os.kill(victim, signal.SIGKILL)
+    kill_a_worker_that_confirmed(tmp_path / "journals", lambda: workers)
     driver.join(timeout=180)
     assert not driver.is_alive()
 
-    report = result["report"]
-    assert report.ok, [o.message for o in report.failed]
-    # Every input exactly once in the merged report.
-    assert sorted(o.path for o in report.outcomes) == sorted(files)
-    # Every instance on the server exactly once, byte for byte.
-    assert_each_once_on_the_server(server, files)
-    # What was sent twice is bounded by what one shard keeps in flight.
-    twice = [sop for sop, n in received(server).items() if n > 1]
     # The bound is shared by 2 workers x 2 threads: one request per shard. The killed
     # worker ran at most two shards, so at most two instances were in flight on it.
-    per_shard = concurrency // 4
-    assert len(twice) <= 2 * per_shard, twice
-    # The killed worker's shards really ran again: a second attempt, a second journal.
-    attempts = [len(list(d.glob("*.jsonl"))) for d in (tmp_path / "journals").iterdir()]
-    assert max(attempts) >= 2, attempts
-    if mode == "azure":
-        assert all(o.status in ("stored", "already_stored") for o in report.outcomes)
+    assert_nothing_lost_or_doubled(
+        result["report"],
+        server,
+        files,
+        tmp_path / "journals",
+        twice_at_most=2 * (concurrency // 4),
+        mode=mode,
+    )
 
 
 def test_a_download_over_two_workers(

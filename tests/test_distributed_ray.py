@@ -8,11 +8,9 @@ Skipped when the ``ray`` extra is not installed, or when Ray listens anywhere bu
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,14 @@ from dicomweb_async.distributed import (
     store_folders_on_ray,
 )
 from tests.loopback_server import LoopbackServer
-from tests.shard_helpers import SIZE, archive, assert_each_once_on_the_server, received
+from tests.shard_helpers import (
+    SIZE,
+    archive,
+    assert_each_once_on_the_server,
+    assert_nothing_lost_or_doubled,
+    kill_a_worker_that_confirmed,
+    received,
+)
 from tests.test_bulk_upload import posts
 
 ray = pytest.importorskip("ray")
@@ -148,38 +153,21 @@ def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(
     before = {p.pid for p in psutil.Process().children(recursive=True)} - ray_workers
     driver = threading.Thread(target=upload)
     driver.start()
-    # Once a shard's journal shows instances the server confirmed, kill the Ray worker
-    # process running it (its pid is part of the attempt's name: <time>-<pid>-<rnd>.jsonl).
-    victim = None
-    deadline = time.monotonic() + 60
-    while victim is None:
-        assert time.monotonic() < deadline, "no shard confirmed anything"
-        ours = {p.pid for p in _ray_processes(before)}
-        for journal in (tmp_path / "journals").glob("*/*.jsonl"):
-            pid = int(journal.stem.split("-")[1])
-            if pid in ours and len(journal.read_bytes().splitlines()) >= 2:
-                victim = pid
-                break
-        time.sleep(0.005)
-    os.kill(victim, signal.SIGKILL)
+    kill_a_worker_that_confirmed(
+        tmp_path / "journals", lambda: {p.pid for p in _ray_processes(before)}
+    )
     driver.join(timeout=180)
     assert not driver.is_alive()
 
-    report = result["report"]
-    assert report.ok, [o.message for o in report.failed]
-    # Every input exactly once in the merged report.
-    assert sorted(o.path for o in report.outcomes) == sorted(files)
-    # Every instance on the server exactly once, byte for byte.
-    assert_each_once_on_the_server(server, files)
-    # What was sent twice is bounded by what the killed shard kept in flight: with 2 CPUs
-    # the bound of 4 gives each of the 2 shards running at once 2 requests.
-    twice = [sop for sop, n in received(server).items() if n > 1]
-    assert len(twice) <= concurrency // 2, twice
-    # The killed worker's shard really ran again: a second attempt, a second journal.
-    attempts = [len(list(d.glob("*.jsonl"))) for d in (tmp_path / "journals").iterdir()]
-    assert max(attempts) >= 2, attempts
-    if mode == "azure":
-        assert all(o.status in ("stored", "already_stored") for o in report.outcomes)
+    # With 2 CPUs the bound of 4 gives each of the 2 shards running at once 2 requests.
+    assert_nothing_lost_or_doubled(
+        result["report"],
+        server,
+        files,
+        tmp_path / "journals",
+        twice_at_most=concurrency // 2,
+        mode=mode,
+    )
 
 
 def test_a_download_over_ray(

@@ -16,6 +16,7 @@ many shards are queued, so that workers do not wait on the driver between shards
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import uuid
@@ -25,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .._bulk.download import DownloadReport
 from .._bulk.progress import ProgressCallback
 from .._bulk.upload import UploadReport
-from .merge import merge_reports
-from .plan import plan_downloads, plan_uploads
+from .jobs import DEFAULT_SHARDS, sharded_download, sharded_upload
 from .progress import ProgressMerger, forwarding
 from .run import ShardReport, new_attempt_id, run_shard
 from .spec import ShardSpec, Target
@@ -34,11 +34,7 @@ from .spec import ShardSpec, Target
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["DEFAULT_SHARDS", "download_studies", "local_cluster", "store_folders"]
-
-#: Shards a plan is cut into unless told otherwise. A fixed number, not one derived from
-#: the cluster, so that a re-run on another cluster finds the same shards (and journals).
-DEFAULT_SHARDS = 64
+__all__ = ["download_studies", "local_cluster", "store_folders"]
 
 
 @contextlib.contextmanager
@@ -115,19 +111,17 @@ def store_folders(
         Every input file exactly once.
     """
     with _Connection(client, concurrency) as (dask_client, window, per_shard):
-        plan = plan_uploads(
+        run = functools.partial(_run_all, dask_client, window=window, retries=retries)
+        return sharded_upload(
             sources,
             target,
+            run,
             shards=shards,
-            concurrency=per_shard,
+            per_shard=per_shard,
             journal_dir=journal_dir,
             max_request_bytes=max_request_bytes,
+            progress=progress,
         )
-        merger = ProgressMerger("upload", progress, sum(len(s.members) for s in plan))
-        reports, errors = _run_all(dask_client, plan, window, merger, retries)
-        merged = merge_reports(plan, reports, errors)
-        assert isinstance(merged, UploadReport)
-        return merged
 
 
 def download_studies(
@@ -153,19 +147,17 @@ def download_studies(
     DownloadReport
     """
     with _Connection(client, concurrency) as (dask_client, window, per_shard):
-        plan = plan_downloads(
+        run = functools.partial(_run_all, dask_client, window=window, retries=retries)
+        return sharded_download(
             studies,
             target,
             output_dir,
+            run,
             shards=shards,
-            concurrency=per_shard,
+            per_shard=per_shard,
             journal_dir=journal_dir,
+            progress=progress,
         )
-        merger = ProgressMerger("download", progress, None)
-        reports, errors = _run_all(dask_client, plan, window, merger, retries)
-        merged = merge_reports(plan, reports, errors)
-        assert isinstance(merged, DownloadReport)
-        return merged
 
 
 class _Connection:
@@ -214,8 +206,9 @@ def _task(spec: ShardSpec, topic: str, slots: str, window: int) -> ShardReport:
 def _run_all(
     client: Any,
     plan: list[ShardSpec],
-    window: int,
     merger: ProgressMerger,
+    *,
+    window: int,
     retries: int,
 ) -> tuple[list[ShardReport], dict[str, str]]:
     dask: Any = importlib.import_module("distributed")

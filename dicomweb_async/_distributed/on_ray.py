@@ -16,6 +16,7 @@ it.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
@@ -25,9 +26,7 @@ from typing import Any
 from .._bulk.download import DownloadReport
 from .._bulk.progress import ProgressCallback
 from .._bulk.upload import UploadReport
-from .merge import merge_reports
-from .on_dask import DEFAULT_SHARDS
-from .plan import plan_downloads, plan_uploads
+from .jobs import DEFAULT_SHARDS, sharded_download, sharded_upload
 from .progress import ProgressMerger, forwarding
 from .run import ShardReport, new_attempt_id, run_shard
 from .spec import ShardSpec, Target
@@ -129,19 +128,17 @@ def store_folders_on_ray(
         Every input file exactly once.
     """
     with _Connection(address, concurrency) as (window, per_shard):
-        plan = plan_uploads(
+        run = functools.partial(_run_all, window=window, retries=retries)
+        return sharded_upload(
             sources,
             target,
+            run,
             shards=shards,
-            concurrency=per_shard,
+            per_shard=per_shard,
             journal_dir=journal_dir,
             max_request_bytes=max_request_bytes,
+            progress=progress,
         )
-        merger = ProgressMerger("upload", progress, sum(len(s.members) for s in plan))
-        reports, errors = _run_all(plan, window, merger, retries)
-        merged = merge_reports(plan, reports, errors)
-        assert isinstance(merged, UploadReport)
-        return merged
 
 
 def download_studies_on_ray(
@@ -168,19 +165,17 @@ def download_studies_on_ray(
     DownloadReport
     """
     with _Connection(address, concurrency) as (window, per_shard):
-        plan = plan_downloads(
+        run = functools.partial(_run_all, window=window, retries=retries)
+        return sharded_download(
             studies,
             target,
             output_dir,
+            run,
             shards=shards,
-            concurrency=per_shard,
+            per_shard=per_shard,
             journal_dir=journal_dir,
+            progress=progress,
         )
-        merger = ProgressMerger("download", progress, None)
-        reports, errors = _run_all(plan, window, merger, retries)
-        merged = merge_reports(plan, reports, errors)
-        assert isinstance(merged, DownloadReport)
-        return merged
 
 
 class _Connection:
@@ -241,7 +236,7 @@ def _task(spec: ShardSpec, sink: Any) -> ShardReport:
 
 
 def _run_all(
-    plan: list[ShardSpec], window: int, merger: ProgressMerger, retries: int
+    plan: list[ShardSpec], merger: ProgressMerger, *, window: int, retries: int
 ) -> tuple[list[ShardReport], dict[str, str]]:
     ray: Any = importlib.import_module("ray")
     sink = ray.remote(num_cpus=0)(_ProgressSink).remote()
