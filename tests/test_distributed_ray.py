@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,50 @@ def test_ray_must_be_running_or_named() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 1
     assert "RuntimeError: Ray is not initialized" in done.stderr
+
+
+def test_the_driver_killed_and_the_job_run_again(
+    ray_workers: set[int], server: LoopbackServer, tmp_path: Path
+) -> None:
+    server.latency = 0.02
+    files = archive(tmp_path / "in", studies=8, per_study=6, prefix="9600")
+    journals = tmp_path / "journals"
+    concurrency = 4
+    # A driver of its own, on the same local Ray (its tasks die with it).
+    script = (
+        "import sys\n"
+        "from dicomweb_async.distributed import Target, store_folders_on_ray\n"
+        "store_folders_on_ray(sys.argv[1], Target(sys.argv[2]), address=sys.argv[3],\n"
+        f"                     concurrency={concurrency}, shards=8, journal_dir=sys.argv[4])\n"
+    )
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "in"), server.url, address, str(journals)]
+    )
+    try:
+        # Kill the driver once some shards have finished and others have not.
+        deadline = time.monotonic() + 90
+        while len(list(journals.glob("*/report.json"))) < 2:
+            assert time.monotonic() < deadline and driver.poll() is None, "no shard finished"
+            time.sleep(0.005)
+        driver.kill()
+    finally:
+        driver.wait(timeout=30)
+    finished_before = {p.parent.name for p in journals.glob("*/report.json")}
+    assert len(finished_before) < 8, "the driver finished before it was killed"
+
+    report = store_folders_on_ray(
+        tmp_path / "in",
+        Target(server.url),
+        concurrency=concurrency,
+        shards=8,
+        journal_dir=journals,
+    )
+
+    assert report.ok, [o.message for o in report.failed]
+    assert sorted(o.path for o in report.outcomes) == sorted(files)
+    assert_each_once_on_the_server(server, files)
+    # Sent twice: at most what the killed run had in flight (its tasks may even have run
+    # on beside the new ones, each attempt with a journal of its own).
+    sent = received(server)
+    assert sum(n - 1 for n in sent.values()) <= concurrency, sent.most_common(8)
