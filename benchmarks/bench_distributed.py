@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards", type=_levels, default=[64], help="shard counts of case (b) (64, the default)"
     )
     parser.add_argument(
+        "--threads", type=int, default=1, help="threads per Dask worker process (default 1)"
+    )
+    parser.add_argument(
         "--engines", default="dask", help="comma-separated: dask, ray (default dask)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (default 3)")
@@ -84,7 +87,7 @@ def _cluster(
     from dicomweb_async.distributed import Target, local_cluster, store_folders
 
     started = time.perf_counter()
-    with local_cluster(workers) as client:
+    with local_cluster(workers, threads_per_worker=THREADS[0]) as client:
         # Importing the package on each worker is part of starting up, not of the upload.
         client.run(importlib.import_module, "dicomweb_async.distributed")
         startup = time.perf_counter() - started
@@ -119,6 +122,9 @@ def _ray(
     return elapsed, len(report.stored) + len(report.already_stored), startup
 
 
+#: Threads of each Dask worker (``--threads``).
+THREADS = [1]
+
 RUNNERS = {"dask": ("(b) Dask", _cluster), "ray": ("(c) Ray", _ray)}
 
 
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tests.loopback_server import write_instance_files
 
+    THREADS[0] = args.threads
     engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(engines) - set(RUNNERS))
     if unknown:

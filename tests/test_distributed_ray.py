@@ -160,13 +160,14 @@ def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(
     driver.join(timeout=180)
     assert not driver.is_alive()
 
-    # With 2 CPUs the bound of 4 gives each of the 2 shards running at once 2 requests.
+    # With 2 CPUs, 4 shards run at once (a worker process each), and the bound of 4 gives
+    # each of them 1 request.
     assert_nothing_lost_or_doubled(
         result["report"],
         server,
         files,
         tmp_path / "journals",
-        twice_at_most=concurrency // 2,
+        twice_at_most=concurrency // 4,
         mode=mode,
     )
 

@@ -38,12 +38,17 @@ __all__ = ["download_studies", "local_cluster", "store_folders"]
 
 
 @contextlib.contextmanager
-def local_cluster(workers: int, *, threads_per_worker: int = 1) -> Iterator[Any]:
+def local_cluster(workers: int, *, threads_per_worker: int = 2) -> Iterator[Any]:
     """A Dask cluster of ``workers`` processes on this machine, and a client of it.
 
     Everything it listens on is bound to 127.0.0.1, and the dashboard is off (the HTTP
-    endpoints Dask always serves take a free loopback port). One thread per worker is
-    the default: a shard keeps many requests in flight on its own event loop.
+    endpoints Dask always serves take a free loopback port). Two threads per worker is
+    the default: each runs a shard (with many requests in flight on an event loop of its
+    own), and while one shard's last requests finish the other keeps the worker busy.
+    Measured over 20 ms of latency (1,600 x 16 KiB in 32 studies, 64 shards, total
+    concurrency 16, 2 workers): 0.77x of one process with one thread per worker, 0.87x
+    with two, 0.91x with four; where the client's CPU is the limit, four threads cost
+    more than they bring (0.74x against 0.86-0.88x with one or two).
 
     Yields
     ------

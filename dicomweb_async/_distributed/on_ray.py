@@ -7,10 +7,10 @@ journals bound what is sent twice to what was in flight. Progress goes from the 
 small actor the driver polls while it waits for shards to finish.
 
 At most ``concurrency`` requests are in flight over the whole cluster: only this driver
-submits the run's tasks, and it keeps at most ``window = min(CPUs, concurrency)`` of them
-submitted, each with ``concurrency // window`` requests. (A retried task replaces its dead
-attempt; the shard lock of :func:`run_shard` keeps a stray live one from running beside
-it.)
+submits the run's tasks, and it keeps at most ``window = min(2 x CPUs, concurrency)`` of
+them submitted (half a CPU each), each with ``concurrency // window`` requests. (A retried
+task replaces its dead attempt; the shard lock of :func:`run_shard` keeps a stray live
+one from running beside it.)
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ from .spec import ShardSpec, Target
 
 __all__ = ["download_studies_on_ray", "local_ray", "store_folders_on_ray"]
 
+#: Shards run at once per CPU of the cluster (each in a worker process of its own): while
+#: one shard's last requests finish, the other keeps the CPU busy (as two threads per Dask
+#: worker do).
+SHARDS_PER_CPU = 2
 #: Seconds between two polls of the progress actor while no shard finishes.
 POLL = 0.25
 _SINGLE_NODE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -198,8 +202,8 @@ class _Connection:
                 )
             ray.init(address=self._address, log_to_driver=False)
             self._owned = True
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        window = max(1, min(cpus, self._concurrency))
+        slots = int(ray.cluster_resources().get("CPU", 1) * SHARDS_PER_CPU)
+        window = max(1, min(slots, self._concurrency))
         return window, max(1, self._concurrency // window)
 
     def __exit__(self, *exc_info: object) -> None:
@@ -240,7 +244,9 @@ def _run_all(
 ) -> tuple[list[ShardReport], dict[str, str]]:
     ray: Any = importlib.import_module("ray")
     sink = ray.remote(num_cpus=0)(_ProgressSink).remote()
-    task = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=True)(_task)
+    task = ray.remote(num_cpus=1 / SHARDS_PER_CPU, max_retries=retries, retry_exceptions=True)(
+        _task
+    )
     reports: list[ShardReport] = []
     errors: dict[str, str] = {}
     waiting = iter(plan)
