@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards", type=_levels, default=[64], help="shard counts of case (b) (64, the default)"
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="threads per Dask worker process (default 1)"
+        "--threads", type=int, default=None, help="threads per Dask worker (local_cluster's)"
     )
     parser.add_argument(
         "--engines", default="dask", help="comma-separated: dask, ray (default dask)"
@@ -87,7 +87,8 @@ def _cluster(
     from dicomweb_async.distributed import Target, local_cluster, store_folders
 
     started = time.perf_counter()
-    with local_cluster(workers, threads_per_worker=THREADS[0]) as client:
+    options = {} if THREADS[0] is None else {"threads_per_worker": THREADS[0]}
+    with local_cluster(workers, **options) as client:
         # Importing the package on each worker is part of starting up, not of the upload.
         client.run(importlib.import_module, "dicomweb_async.distributed")
         startup = time.perf_counter() - started
@@ -99,22 +100,25 @@ def _cluster(
     return elapsed, len(report.stored) + len(report.already_stored), startup
 
 
+def _warm_up() -> None:
+    importlib.import_module("dicomweb_async.distributed")
+    time.sleep(0.5)  # held, so that every task gets a worker process of its own
+
+
 def _ray(
     url: str, folder: Path, workers: int, concurrency: int, shards: int
 ) -> tuple[float, int, float]:
     import ray
 
+    from dicomweb_async._distributed.on_ray import SHARDS_PER_CPU
     from dicomweb_async.distributed import Target, local_ray, store_folders_on_ray
 
     started = time.perf_counter()
     with local_ray(workers):
-        # Start the worker processes and import the package in them, as for Dask.
-        ray.get(
-            [
-                ray.remote(importlib.import_module).remote("dicomweb_async.distributed")
-                for _ in range(workers)
-            ]
-        )
+        # Start the worker processes the shards will run in (as many as run at once) and
+        # import the package in them, as for Dask.
+        warm = ray.remote(num_cpus=1 / SHARDS_PER_CPU)(_warm_up)
+        ray.get([warm.remote() for _ in range(workers * SHARDS_PER_CPU)])
         startup = time.perf_counter() - started
         t = time.perf_counter()
         report = store_folders_on_ray(folder, Target(url), concurrency=concurrency, shards=shards)
@@ -122,8 +126,8 @@ def _ray(
     return elapsed, len(report.stored) + len(report.already_stored), startup
 
 
-#: Threads of each Dask worker (``--threads``).
-THREADS = [1]
+#: Threads of each Dask worker (``--threads``; None: local_cluster's default).
+THREADS: list[int | None] = [None]
 
 RUNNERS = {"dask": ("(b) Dask", _cluster), "ray": ("(c) Ray", _ray)}
 
