@@ -34,7 +34,7 @@ __all__ = ["SendfilePayload"]
 
 
 class SendfilePayload(aiohttp.payload.Payload):
-    """A request body of bytes and whole files, the files sent with ``loop.sendfile``.
+    """A request body of bytes and whole files, the files sent with ``sendfile(2)``.
 
     Parameters
     ----------
@@ -47,7 +47,8 @@ class SendfilePayload(aiohttp.payload.Payload):
     sent : callable
         Called once the whole body is sent, with the number of bytes ``sendfile`` sent.
     piece : int
-        Largest number of bytes handed to one ``sendfile`` call.
+        Largest number of bytes handed to one ``sendfile`` call (and read at once where
+        sendfile cannot be used).
     """
 
     def __init__(
