@@ -46,9 +46,9 @@ def local_cluster(workers: int, *, threads_per_worker: int = 2) -> Iterator[Any]
     the default: each runs a shard (with many requests in flight on an event loop of its
     own), and while one shard's last requests finish the other keeps the worker busy.
     Measured over 20 ms of latency (1,600 x 16 KiB in 32 studies, 64 shards, total
-    concurrency 16, 2 workers): 0.77x of one process with one thread per worker, 0.87x
-    with two, 0.91x with four; where the client's CPU is the limit, four threads cost
-    more than they bring (0.74x against 0.86-0.88x with one or two).
+    concurrency 16, 2 workers): 0.78x of one process with one thread per worker, 0.87x
+    with two. More threads helped that case further but cost more than they brought
+    where the client's CPU is the limit.
 
     Yields
     ------

@@ -9,8 +9,8 @@ small actor the driver polls while it waits for shards to finish.
 At most ``concurrency`` requests are in flight over the whole cluster: only this driver
 submits the run's tasks, and it keeps at most ``window = min(2 x CPUs, concurrency)`` of
 them submitted (half a CPU each), each with ``concurrency // window`` requests. (A retried
-task replaces its dead attempt; the shard lock of :func:`run_shard` keeps a stray live
-one from running beside it.)
+task replaces its dead attempt; with a ``journal_dir``, the shard lock of
+:func:`run_shard` keeps a stray live one from running beside it.)
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def store_folders_on_ray(
         The server, as settings (credentials are taken on the workers).
     address : str, optional
         A Ray cluster to connect to (``"auto"``, ``"ray://host:10001"``, ...) and
-        disconnect from at the end. Without it, Ray must be initialized already in this
-        process (``ray.init(...)`` or :func:`local_ray`).
+        disconnect from at the end, when Ray is not initialized in this process yet
+        (otherwise the running Ray is used and ``address`` is ignored). Without it, Ray
+        must be initialized already (``ray.init(...)`` or :func:`local_ray`).
     concurrency : int
         Requests in flight over the whole cluster.
     shards : int

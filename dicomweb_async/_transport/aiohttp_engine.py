@@ -218,9 +218,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         ``keepalive_expiry`` how long an idle one is kept.
     proxies : ProxyRules
         Where requests go through a proxy.
-    sendfile : bool
-        Send the files of request bodies with ``sendfile`` on plain HTTP connections
-        (see ``sendfile_payload.py``); False reads them and writes what was read.
     """
 
     def __init__(
@@ -229,9 +226,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         verify: Any = True,
         limits: httpx.Limits,
         proxies: ProxyRules | None = None,
-        sendfile: bool = True,
     ) -> None:
-        self._sendfile = sendfile
         #: Bytes of request bodies that went from files to sockets by ``sendfile``.
         self.sent_by_kernel = 0
         self._ssl: ssl.SSLContext | bool | None = None
@@ -339,12 +334,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self.sent_by_kernel += by_kernel
 
             length = request.headers.get("content-length")
-            if (
-                isinstance(stream, FileBody)
-                and self._sendfile
-                and url.scheme == "http"
-                and length is not None
-            ):
+            if isinstance(stream, FileBody) and url.scheme == "http" and length is not None:
                 # Files on a plain connection go from the page cache to the socket.
                 data = SendfilePayload(stream.spans(), int(length), tick, sent)
             else:
