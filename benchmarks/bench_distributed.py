@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks import _common as common
 
@@ -35,11 +36,12 @@ import asyncio, json, sys, time
 from dicomweb_async import AsyncDICOMwebClient
 async def main():
     async with AsyncDICOMwebClient(sys.argv[1], max_connections=int(sys.argv[3])) as client:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         report = await client.store_folder(sys.argv[2], concurrency=int(sys.argv[3]))
-        return time.perf_counter() - t, len(report.stored) + len(report.already_stored)
-elapsed, stored = asyncio.run(main())
-print(json.dumps({"elapsed": elapsed, "stored": stored}))
+        done = len(report.stored) + len(report.already_stored)
+        return time.perf_counter() - t, done, time.process_time() - cpu
+elapsed, stored, cpu = asyncio.run(main())
+print(json.dumps({"elapsed": elapsed, "stored": stored, "cpu": cpu}))
 """
 
 
@@ -69,7 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _single(url: str, folder: Path, concurrency: int) -> tuple[float, int]:
+def _client_cpu() -> float:
+    """CPU seconds of this process and every process under it but the loopback server.
+
+    The driver, the scheduler, Dask's nannies and workers, Ray's daemons and workers: all
+    that the client side of a sharded run spends, counted alike for Dask and Ray (whose
+    worker processes are not waited for, so ``RUSAGE_CHILDREN`` would miss them).
+    """
+    psutil: Any = importlib.import_module("psutil")  # installed with Dask
+    me = psutil.Process()
+    total = float(sum(me.cpu_times()[:2]))
+    for child in me.children(recursive=True):
+        try:
+            if "tests.loopback_server" not in child.cmdline():
+                total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue  # ended meanwhile
+    return total
+
+
+#: Case label -> client CPU milliseconds per stored instance, one entry per run.
+CPU_MS: dict[str, list[float]] = {}
+
+
+def _single(url: str, folder: Path, concurrency: int) -> tuple[float, int, float]:
     done = subprocess.run(
         [sys.executable, "-c", SINGLE, url, str(folder), str(concurrency)],
         capture_output=True,
@@ -78,12 +103,12 @@ def _single(url: str, folder: Path, concurrency: int) -> tuple[float, int]:
         cwd=common.REPO_ROOT,
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return float(result["elapsed"]), int(result["stored"])
+    return float(result["elapsed"]), int(result["stored"]), float(result["cpu"])
 
 
 def _cluster(
     url: str, folder: Path, workers: int, concurrency: int, shards: int
-) -> tuple[float, int, float]:
+) -> tuple[float, int, float, float]:
     from dicomweb_async.distributed import Target, local_cluster, store_folders
 
     started = time.perf_counter()
@@ -92,12 +117,12 @@ def _cluster(
         # Importing the package on each worker is part of starting up, not of the upload.
         client.run(importlib.import_module, "dicomweb_async.distributed")
         startup = time.perf_counter() - started
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), _client_cpu()
         report = store_folders(
             folder, Target(url), client=client, concurrency=concurrency, shards=shards
         )
-        elapsed = time.perf_counter() - t
-    return elapsed, len(report.stored) + len(report.already_stored), startup
+        elapsed, cpu = time.perf_counter() - t, _client_cpu() - cpu
+    return elapsed, len(report.stored) + len(report.already_stored), startup, cpu
 
 
 def _warm_up() -> None:
@@ -107,7 +132,7 @@ def _warm_up() -> None:
 
 def _ray(
     url: str, folder: Path, workers: int, concurrency: int, shards: int
-) -> tuple[float, int, float]:
+) -> tuple[float, int, float, float]:
     import ray
 
     from dicomweb_async._distributed.on_ray import SHARDS_PER_CPU
@@ -120,10 +145,10 @@ def _ray(
         warm = ray.remote(num_cpus=1 / SHARDS_PER_CPU)(_warm_up)
         ray.get([warm.remote() for _ in range(workers * SHARDS_PER_CPU)])
         startup = time.perf_counter() - started
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), _client_cpu()
         report = store_folders_on_ray(folder, Target(url), concurrency=concurrency, shards=shards)
-        elapsed = time.perf_counter() - t
-    return elapsed, len(report.stored) + len(report.already_stored), startup
+        elapsed, cpu = time.perf_counter() - t, _client_cpu() - cpu
+    return elapsed, len(report.stored) + len(report.already_stored), startup, cpu
 
 
 #: Threads of each Dask worker (``--threads``; None: local_cluster's default).
@@ -145,9 +170,10 @@ def _cluster_cases(
     name, run = RUNNERS[engine]
     for workers, shards in [(w, n) for w in args.workers for n in args.shards]:
         with common.loopback_server(*server_args) as url:
-            elapsed, stored, startup = run(url, folder, workers, level, shards)
+            elapsed, stored, startup, cpu = run(url, folder, workers, level, shards)
         label = f"{name}, {workers} worker process(es), {shards} shards, c={level}"
         rows.setdefault(label, []).append(stored / elapsed)
+        CPU_MS.setdefault(label, []).append(1000 * cpu / stored)
         startups.setdefault(f"{name[4:]}, {workers} worker process(es)", []).append(startup)
         common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
 
@@ -182,13 +208,15 @@ def main(argv: list[str] | None = None) -> int:
             for level in args.concurrency:
                 # A fresh server per run: what an earlier run stored would answer 409s.
                 with common.loopback_server(*server_args) as url:
-                    elapsed, stored = _single(url, folder, level)
+                    elapsed, stored, cpu = _single(url, folder, level)
                 label = f"(a) one process, store_folder, c={level}"
                 rows.setdefault(label, []).append(stored / elapsed)
+                CPU_MS.setdefault(label, []).append(1000 * cpu / stored)
                 common.progress(f"{label}: {stored / elapsed:.0f} inst/s ({stored} stored)")
                 for engine in engines:
                     _cluster_cases(engine, args, folder, level, server_args, rows, startups)
     best_single = max(statistics.median(v) for k, v in rows.items() if k.startswith("(a)"))
+    single_cpu = min(statistics.median(v) for k, v in CPU_MS.items() if k.startswith("(a)"))
     title = (
         f"Store of {count} x {args.size / 1024:g} KiB in {args.studies} studies, server "
         f"latency {args.latency * 1000:g} ms, {args.repeat} runs"
@@ -199,11 +227,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(v):.0f}",
             f"{min(v):.0f}..{max(v):.0f}",
             f"{statistics.median(v) / best_single:.2f}x",
+            f"{statistics.median(CPU_MS[label]):.3f}",
+            f"{statistics.median(CPU_MS[label]) / single_cpu:.2f}x",
         ]
         for label, v in rows.items()
     ]
     common.print_rows(
-        title, ["case", "median inst/s", "min..max", "vs best single process"], lines
+        title,
+        [
+            "case",
+            "median inst/s",
+            "min..max",
+            "vs best single process",
+            "client CPU ms/inst",
+            "CPU vs one process",
+        ],
+        lines,
     )
     start_lines = [
         [label, f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}"]
