@@ -17,12 +17,14 @@ from ._azure.extended_query_tags import (
     ExtendedQueryTagSpec,
 )
 from ._azure.operations import Operation, OperationReference, OperationState
+from ._bulk.copy import CopyOutcome, CopyPipeline, CopyReport
 from ._bulk.download import DownloadOutcome, DownloadPipeline, DownloadReport
 from ._bulk.journal import Journal, JournalEntry
 from ._bulk.progress import Progress, ProgressCallback
 from ._bulk.upload import FileOutcome, UploadPipeline, UploadReport
 from ._client.base import AuthLike
 from ._client.client import AsyncDICOMwebClient
+from ._client.copy import StudyDifference, copy_pipeline, copy_studies, verify_copy
 from ._core.exceptions import (
     AuthenticationError,
     BulkTransferError,
@@ -76,6 +78,9 @@ __all__ = [
     "ChangeFeedCursor",
     "ChangeFeedEntry",
     "ConflictError",
+    "CopyOutcome",
+    "CopyPipeline",
+    "CopyReport",
     "DICOMwebError",
     "DownloadOutcome",
     "DownloadPipeline",
@@ -119,13 +124,17 @@ __all__ = [
     "StoreFailedError",
     "StoreOutcome",
     "StoreResult",
+    "StudyDifference",
     "TimeoutError",
     "TokenProvider",
     "TransportError",
     "UploadPipeline",
     "UploadReport",
     "azure_scope",
+    "copy_pipeline",
+    "copy_studies",
     "parse_media_type",
+    "verify_copy",
     "__version__",
 ]
 

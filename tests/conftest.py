@@ -21,7 +21,9 @@ SEED_NAMES = ("blue-circle.dcm", "green-square.dcm", "red-triangle.dcm")
 BASIC_USERS = {"user": "pass"}
 
 _NO_ORTHANC_VAR = "DICOMWEB_ASYNC_NO_ORTHANC"
-_ORTHANC_FIXTURES = frozenset({"orthanc", "orthanc_basic", "clean_orthanc"})
+_ORTHANC_FIXTURES = frozenset(
+    {"orthanc", "orthanc_basic", "clean_orthanc", "second_orthanc", "clean_second_orthanc"}
+)
 
 
 def _orthanc_disabled() -> bool:
@@ -67,6 +69,19 @@ def clean_orthanc(orthanc: OrthancServer) -> OrthancServer:
     """The session's `orthanc` server, emptied before the test."""
     orthanc.reset()
     return orthanc
+
+
+@pytest.fixture(scope="session")
+def second_orthanc() -> Iterator[OrthancServer]:
+    """Another Orthanc server, for copies from one server to another."""
+    yield from _serve()
+
+
+@pytest.fixture
+def clean_second_orthanc(second_orthanc: OrthancServer) -> OrthancServer:
+    """The session's `second_orthanc` server, emptied before the test."""
+    second_orthanc.reset()
+    return second_orthanc
 
 
 # -- data -----------------------------------------------------------------------------------

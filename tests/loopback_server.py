@@ -136,7 +136,8 @@ class RequestRecord:
     ``status`` is ``None`` while the request is still being read, or when the server closed
     the connection without answering (:meth:`LoopbackServer.drop_next_request_after`).
     ``aborted`` is true when the server cut the connection on purpose or the client went away
-    before the exchange finished.
+    before the exchange finished; ``stalled`` when the server read the request's head and
+    then sent nothing (:meth:`LoopbackServer.stall_next`).
     """
 
     method: str
@@ -151,6 +152,7 @@ class RequestRecord:
     status: int | None = None
     response_body_bytes: int = 0
     aborted: bool = False
+    stalled: bool = False
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """First value of a request header, matched case-insensitively."""
@@ -768,6 +770,18 @@ class _DropRule:
 
 
 @dataclass
+class _RandomFaults:
+    """Faults drawn per request from a seeded generator (see ``random_faults``)."""
+
+    rng: random.Random
+    status_rate: float
+    drop_rate: float
+    status: int
+    retry_after: float | None
+    counts: dict[str, int] = field(default_factory=lambda: {"status": 0, "drop": 0})
+
+
+@dataclass
 class _Reply:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
@@ -892,6 +906,8 @@ class _ServerState:
         self.fail_rules: list[_FailRule] = []
         self.response_drops: list[_DropRule] = []
         self.request_drops: list[_DropRule] = []
+        self.random_faults: _RandomFaults | None = None
+        self.stalls: list[_DropRule] = []  # ``after``: how many more requests to stall
         # FailureReason values for the next STOW-RS parts that would otherwise be stored.
         self.instance_failures: list[int] = []
         self.auth: AuthCheck = None
@@ -1001,6 +1017,31 @@ class _ServerState:
                     return rule.after
         return None
 
+    def take_stall(self, method: str) -> bool:
+        with self.lock:
+            for rule in self.stalls:
+                if _matches(rule.method, method):
+                    rule.after -= 1
+                    if rule.after <= 0:
+                        self.stalls.remove(rule)
+                    return True
+        return False
+
+    def roll_fault(self, method: str) -> tuple[str, int] | None:
+        """A random fault for this request, if random faults are on and one is drawn."""
+        with self.lock:
+            faults = self.random_faults
+            if faults is None:
+                return None
+            draw = faults.rng.random()
+            if draw < faults.status_rate:
+                faults.counts["status"] += 1
+                return "status", 0
+            if method in ("GET", "POST") and draw < faults.status_rate + faults.drop_rate:
+                faults.counts["drop"] += 1
+                return "drop", faults.rng.randint(100, 4000)
+        return None
+
     def authorized(self, value: str | None) -> bool:
         with self.lock:
             check = self.auth
@@ -1084,6 +1125,11 @@ class _ServerState:
             record.status = exc.status
             await self._send(writer, _error_reply(exc), False, record)
             return False
+        if self.take_stall(head.method):
+            # Read the head, then nothing more and no answer, until the client gives up
+            # (the server's stop cancels this).
+            record.stalled = True
+            await asyncio.sleep(3600)
         if head.expects_continue:
             writer.write(CONTINUE)
 
@@ -1092,10 +1138,20 @@ class _ServerState:
         drop_after: int | None = None
         handler: _Handler | None = None
         sink: _Sink = _DiscardSink()
+        fault: tuple[str, int] | None = None
         if not self.authorized(head.get("Authorization")):
             reply = _Reply(401, [("WWW-Authenticate", "Bearer")], b"unauthorized")
         elif (drop_after := self.take_drop(self.request_drops, head.method)) is not None:
             pass
+        elif (fault := self.roll_fault(head.method)) is not None and fault[0] == "status":
+            faults = self.random_faults
+            assert faults is not None
+            extra = []
+            if faults.retry_after is not None:
+                extra.append(("Retry-After", _format_retry_after(faults.retry_after)))
+            reply = _Reply(faults.status, extra, b"random fault")
+        elif fault is not None and head.method == "POST":
+            drop_after = fault[1]
         elif (rule := self.take_fail_rule(head.method)) is not None:
             extra = []
             if rule.retry_after is not None:
@@ -1150,6 +1206,8 @@ class _ServerState:
             assert handler is not None
             try:
                 reply = handler()
+                if fault is not None and reply.pieces is not None and reply.cut_after is None:
+                    reply.cut_after = fault[1]  # a random drop of a retrieval, mid-body
             except _HttpError as exc:
                 reply = _error_reply(exc)
             except Exception:
@@ -1619,6 +1677,47 @@ class LoopbackServer:
                     _FailRule(n, status, retry_after, body, content_type, method)
                 )
 
+    def stall_next(self, n: int = 1, *, method: str | None = None) -> None:
+        """Read the next ``n`` requests' heads (of ``method``, if given), then send nothing.
+
+        Their bodies stay unread and no answer comes: the client sees a server that
+        stopped, and only its read (or write) timeout ends the wait.
+        """
+        if n > 0:
+            with self._state.lock:
+                self._state.stalls.append(_DropRule(n, method))
+
+    def random_faults(
+        self,
+        status_rate: float,
+        drop_rate: float = 0.0,
+        *,
+        status: int = 503,
+        retry_after: float | None = 1,
+        seed: int = 0,
+    ) -> None:
+        """Fail requests at random, drawn from a generator seeded with ``seed``.
+
+        Each request is answered ``status`` (with ``Retry-After``) with probability
+        ``status_rate``; else a POST has its connection closed after 100-4,000 bytes of
+        its body, or a retrieval (WADO-RS GET) its response cut after as many bytes of
+        body, with probability ``drop_rate``. ``status_rate=0`` and ``drop_rate=0``
+        turn them off. :attr:`fault_counts` says how many of each were drawn.
+        """
+        with self._state.lock:
+            self._state.random_faults = (
+                _RandomFaults(random.Random(seed), status_rate, drop_rate, status, retry_after)
+                if status_rate or drop_rate
+                else None
+            )
+
+    @property
+    def fault_counts(self) -> dict[str, int]:
+        """Random faults drawn so far: ``{"status": n, "drop": m}``."""
+        with self._state.lock:
+            faults = self._state.random_faults
+            return dict(faults.counts) if faults else {"status": 0, "drop": 0}
+
     def drop_next_response_after(self, n_bytes: int, *, method: str | None = "GET") -> None:
         """Cut the next successful retrieval after ``n_bytes`` of its body.
 
@@ -1660,11 +1759,13 @@ class LoopbackServer:
             self._state.auth = check
 
     def clear_faults(self) -> None:
-        """Forget pending fail_next, fail_instances_next, drop_* and the auth requirement."""
+        """Forget pending fail_next, fail_instances_next, drop_*, random faults and auth."""
         with self._state.lock:
             self._state.fail_rules.clear()
             self._state.response_drops.clear()
             self._state.request_drops.clear()
+            self._state.random_faults = None
+            self._state.stalls.clear()
             self._state.instance_failures.clear()
             self._state.auth = None
 

@@ -17,6 +17,7 @@ class Relay:
     piece, stretching a download out so that a test can interrupt it mid-instance.
     ``hold_after`` forwards only that many bytes of each response and then stalls without
     closing, like a server that stops sending mid-body; ``held`` is set when it does.
+    ``upload_pause`` does for requests what ``pause`` does for responses: a slow uplink.
     """
 
     def __init__(
@@ -27,12 +28,14 @@ class Relay:
         piece: int = 256 * KIB,
         pause: float = 0.0,
         hold_after: int | None = None,
+        upload_pause: float = 0.0,
     ):
         self._upstream_port = upstream_port
         self._ssl = ssl_context
         self._piece = piece
         self._pause = pause
         self._hold_after = hold_after
+        self._upload_pause = upload_pause
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -76,7 +79,7 @@ class Relay:
             opened.append(up_writer)
             self._writers.add(up_writer)
             await asyncio.gather(
-                self._pump(reader, up_writer),
+                self._pump(reader, up_writer, pause=self._upload_pause),
                 self._pump(up_reader, writer, pause=self._pause, limit=self._hold_after),
                 return_exceptions=True,
             )

@@ -24,6 +24,7 @@ from dicomweb_async import (
     DownloadOutcome,
     DownloadReport,
     Progress,
+    RetryPolicy,
 )
 from dicomweb_async.testing import OrthancServer
 from tests import bulk_fixtures
@@ -241,7 +242,9 @@ async def test_response_cut_mid_body(
     cut_at = size + size // 2  # inside the second instance of the first series fetched
     server.drop_next_response_after(cut_at)
 
-    report = await client.download_studies([STUDY_1], tmp_path, concurrency=4)
+    # One try: the cut is reported, and a re-run completes it.
+    once = RetryPolicy(attempts=1)
+    report = await client.download_studies([STUDY_1], tmp_path, concurrency=4, retry=once)
 
     (cut,) = [r for r in retrievals(server) if r.aborted]
     assert cut.response_body_bytes == cut_at
@@ -264,6 +267,33 @@ async def test_response_cut_mid_body(
     assert sorted(r.path for r in retrievals(server)) == sorted(
         instance_url(STUDY_1, series, i.sop_uid) for i in instances[1:]
     )
+    assert_identical(server, tmp_path, STUDY_1)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+async def test_a_cut_response_is_resumed_in_the_same_run(
+    server: LoopbackServer, client: AsyncDICOMwebClient, tmp_path: Path, framing: str
+) -> None:
+    size = 64 * KIB
+    server.framing = framing  # type: ignore[assignment]
+    server.add_synthetic_study(STUDY_1, 9, size, series_per_study=3)
+    server.drop_next_response_after(size + size // 2)
+
+    report = await client.download_studies([STUDY_1], tmp_path, concurrency=4)
+
+    assert report.ok and len(report.downloaded) == 9
+    (cut,) = [r for r in retrievals(server) if r.aborted]
+    series = cut.path.rsplit("/", 1)[1]
+    instances = server.instances(STUDY_1, series)
+    # The instance saved before the cut is not fetched again; the rest one by one.
+    assert sorted(r.path for r in retrievals(server) if not r.aborted) == sorted(
+        [series_url(STUDY_1, s) for s in server.registry()[STUDY_1] if s != series]
+        + [instance_url(STUDY_1, series, i.sop_uid) for i in instances[1:]]
+    )
+    attempts = {o.sop_instance_uid: o.attempts for o in report.outcomes}
+    assert attempts[instances[0].sop_uid] == 1
+    assert all(attempts[i.sop_uid] == 2 for i in instances[1:])
+    assert_complete_files_only(server, tmp_path)
     assert_identical(server, tmp_path, STUDY_1)
 
 

@@ -353,20 +353,39 @@ async def test_validation_error_is_not_retried_and_fails_only_its_request(
     assert_stored_once_and_identical(server, files[3:])
 
 
-async def test_retries_are_bounded_by_the_policy(
+async def test_transient_failures_get_one_final_pass(
     server: LoopbackServer, client: AsyncDICOMwebClient, tmp_path: Path
 ) -> None:
     files = sorted(write_instance_files(tmp_path / "in", 4, SIZE))
-    # Four tries per request: the first two files use up eight 503s, the third needs two.
+    # Four tries per request: the first two files use up eight 503s and wait for the
+    # final pass, the third needs two tries, the fourth one.
     server.fail_next(10, 503, retry_after=0, method="POST")
 
     report = await client.store_folder(tmp_path / "in", concurrency=1)
 
     outcomes = by_path(report)
-    assert [outcomes[p].status for p in files] == ["failed", "failed", "stored", "stored"]
+    assert report.ok
+    assert [outcomes[p].status for p in files] == ["stored"] * 4
+    assert [outcomes[p].attempts for p in files] == [5, 5, 3, 1]
+    assert [r.status for r in posts(server)] == [503] * 10 + [200] * 4
+    assert_stored_once_and_identical(server, files)
+
+
+async def test_retries_are_bounded_by_the_policy(
+    server: LoopbackServer, client: AsyncDICOMwebClient, tmp_path: Path
+) -> None:
+    files = sorted(write_instance_files(tmp_path / "in", 3, SIZE))
+    server.fail_next(1000, 503, retry_after=0, method="POST")
+
+    report = await client.store_folder(tmp_path / "in", concurrency=1)
+
+    outcomes = by_path(report)
+    assert [outcomes[p].status for p in files] == ["failed"] * 3
+    # Four tries in the first pass, four in the final one.
+    assert [outcomes[p].attempts for p in files] == [8, 8, 8]
     assert "503" in (outcomes[files[0]].message or "")
-    assert [r.status for r in posts(server)] == [503] * 10 + [200, 200]
-    assert_stored_once_and_identical(server, files[2:])
+    assert [r.status for r in posts(server)] == [503] * 24
+    assert server.registry() == {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ def run_cli(
 def counts(summary: str) -> dict[str, int]:
     """Status -> count from the table printed after an upload or download."""
     found = re.findall(
-        r"^  (stored|already stored|failed|skipped|total|downloaded|already on disk)\s+(\d+)",
+        r"^  (stored|already stored|failed|skipped|total|downloaded|already on disk|copied"
+        r"|already present)\s+(\d+)",
         summary,
         re.M,
     )
@@ -247,6 +248,42 @@ def test_download_search_retrieve_delete_arguments() -> None:
         (["--url", "http://h", "--password", "p", "search", "studies"], "--user"),
         (["--url", "http://h", "--user", "u", "search", "studies"], "--password-env"),
         (["--url", "http://h", "search", "studies", "--bogus"], "unrecognized"),
+        (["--url", "http://h", "upload", "x", "--max-attempts", "0"], "at least 1"),
+        (["copy", "--from", "http://a", "1.2"], "--to"),
+        (["copy", "--from", "http://a", "--to", "http://b"], "STUDY_UID"),
+        (["--url", "http://h", "copy", "--from", "http://a", "--to", "http://b", "1"], "--url"),
+        (["copy", "--from", "ftp://a", "--to", "http://b", "1.2"], "--from must be"),
+        (
+            ["copy", "--from", "http://a", "--to", "http://b", "1", "--to-user", "u"],
+            "password-env",
+        ),
+        (
+            [
+                "copy",
+                "--from",
+                "http://a",
+                "--to",
+                "http://b",
+                "1",
+                "--to-token-env",
+                "T",
+                "--to-azure",
+            ],
+            "give one of",
+        ),
+        (
+            [
+                "copy",
+                "--from",
+                "http://a",
+                "--to",
+                "http://b",
+                "1",
+                "--from-token-env",
+                "NO_SUCH_VAR_X",
+            ],
+            "not set",
+        ),
     ],
 )
 def test_usage_errors_exit_2(
@@ -727,6 +764,47 @@ def test_failed_uploads_list_the_server_reason(
     assert result.returncode == 1, result.stderr
     assert counts(result.stdout)["failed"] == 3
     assert "500" in result.stdout and "disk full" in result.stdout
+
+
+def test_max_attempts_bounds_the_tries(loopback: LoopbackServer, good_folder: Path) -> None:
+    loopback.fail_next(4, status=503, retry_after=0, method="POST")
+    once = run_cli("upload --concurrency 1 --max-attempts 1", good_folder, url=loopback.url)
+    assert once.returncode == 1, once.stderr
+    assert counts(once.stdout)["failed"] == 3
+    # The default: the fourth 503 is retried and everything goes up.
+    again = run_cli("upload --concurrency 1", good_folder, url=loopback.url)
+    assert again.returncode == 0, again.stderr
+    assert counts(again.stdout)["stored"] == 3
+    assert [r.status for r in loopback.requests if r.method == "POST"] == [503] * 4 + [200] * 3
+
+
+def test_copy_between_two_servers_with_a_token_for_each(tmp_path: Path) -> None:
+    study = "1.2.826.0.1.3680043.8.498.4430001"
+    with (
+        LoopbackServer(storage_dir=tmp_path / "a") as source,
+        LoopbackServer(storage_dir=tmp_path / "b") as destination,
+    ):
+        source.add_synthetic_study(study, 5, 32 * 1024, series_per_study=2)
+        source.require_auth("Bearer source-token")
+        destination.require_auth("Bearer destination-token")
+        env = {"SRC_TOKEN": "source-token", "DST_TOKEN": "destination-token"}
+        command = (
+            f"copy --from {source.url} --to {destination.url} {study} "
+            "--from-token-env SRC_TOKEN --to-token-env DST_TOKEN --verify"
+        )
+        result = run_cli(command, env=env)
+        assert result.returncode == 0, result.stderr
+        assert counts(result.stdout)["copied"] == 5
+        assert "verify: the study matches" in result.stdout
+        assert "source-token" not in result.stdout + result.stderr
+        for sop in [i.sop_uid for i in source.instances(study)]:
+            copied = destination.get_instance(sop)
+            assert copied is not None and copied.sha256 == source.get_instance(sop).sha256  # type: ignore[union-attr]
+        # The destination refuses the source's token: every instance fails, exit 1.
+        env["DST_TOKEN"] = "source-token"
+        failed = run_cli(command.replace(" --verify", " --no-skip-existing"), env=env)
+        assert failed.returncode == 1
+        assert "401" in failed.stdout + failed.stderr
 
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path: Path, good_folder: Path) -> None:

@@ -10,7 +10,9 @@ outcomes queue up (bounded) for the consumer.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._core.datasets import first_value
 from .._core.exceptions import DICOMwebError
 from .._core.media import MediaTypeSpec, accept_header
+from .._core.retry import RetryPolicy, count_attempts
 from .._core.urls import check_uid, instance_path, series_path
 from .._services import qido as _qido
 from .._services import wado as _wado
@@ -33,6 +36,8 @@ from .progress import ProgressCallback, ProgressTracker
 from .report import Report
 
 __all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources"]
+
+logger = logging.getLogger("dicomweb_async")
 
 #: Studies to download: UIDs, or an (async) iterable of them.
 StudySources = str | Iterable[str] | AsyncIterable[str]
@@ -62,6 +67,8 @@ class DownloadOutcome:
         File size in bytes.
     message : str or None
         Why an instance failed.
+    attempts : int
+        Requests that asked for this instance (its series or itself), retries included.
     """
 
     study_instance_uid: str
@@ -71,6 +78,7 @@ class DownloadOutcome:
     path: Path | None = None
     size: int = 0
     message: str | None = None
+    attempts: int = 0
 
 
 @dataclass
@@ -152,6 +160,11 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         Receives :class:`Progress` events.
     media_types : sequence, optional
         Acceptable media types (default: the stored encoding).
+    retry : RetryPolicy, optional
+        How requests are retried (default :meth:`RetryPolicy.for_bulk`). A response
+        cut off mid-body is asked for again (only the instances still missing) up to
+        the policy's tries; what still failed transiently is asked for once more after
+        all the rest.
     """
 
     def __init__(
@@ -167,10 +180,12 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         progress: ProgressCallback | None = None,
         media_types: Sequence[MediaTypeSpec] | None = None,
         split_series: bool = False,
+        retry: RetryPolicy | None = None,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self._transport = transport
+        self.retry = retry or RetryPolicy.for_bulk()
+        self._transport = transport.with_retry(self.retry)
         self._limits = limits
         self._studies = [studies] if isinstance(studies, str) else studies
         self.directory = Path(directory)
@@ -188,16 +203,40 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._budget = ByteBudget(_PENDING_BYTES)
         self._expected = 0
+        # Requests that failed transiently, with the tries they took: asked again at the end.
+        self._deferred: list[tuple[_Unit, int]] = []
 
     async def _open(self) -> None:
         await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
 
     def _start(self, tg: TaskGroup, results: MemoryObjectSendStream[DownloadOutcome]) -> None:
-        unit_send, unit_recv = anyio.create_memory_object_stream[_Unit](self.concurrency)
-        with unit_recv:
-            tg.start_soon(self._plan, unit_send, results.clone())
-            for _ in range(self.concurrency):
-                tg.start_soon(self._fetch_units, unit_recv.clone(), results.clone())
+        tg.start_soon(self._run, results.clone())
+
+    async def _run(self, results: MemoryObjectSendStream[DownloadOutcome]) -> None:
+        async with results:
+            unit_send, unit_recv = anyio.create_memory_object_stream[tuple[_Unit, int]](
+                self.concurrency
+            )
+            async with anyio.create_task_group() as tg:
+                with unit_recv:
+                    tg.start_soon(self._plan, unit_send, results.clone())
+                    for _ in range(self.concurrency):
+                        tg.start_soon(self._fetch_units, unit_recv.clone(), results.clone())
+            deferred, self._deferred = self._deferred, []
+            if not deferred:
+                return
+            logger.warning(
+                "%d request(s) failed transiently after every retry; asking once more",
+                len(deferred),
+            )
+            send, receive = anyio.create_memory_object_stream[tuple[_Unit, int]](self.concurrency)
+            async with anyio.create_task_group() as tg:
+                with receive:
+                    for _ in range(min(self.concurrency, len(deferred))):
+                        tg.start_soon(self._fetch_units, receive.clone(), results.clone(), True)
+                async with send:
+                    for item in deferred:
+                        await put(send, item)
 
     async def _close(self) -> None:
         self.tracker.finish()
@@ -218,7 +257,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
 
     async def _plan(
         self,
-        units: MemoryObjectSendStream[_Unit],
+        units: MemoryObjectSendStream[tuple[_Unit, int]],
         results: MemoryObjectSendStream[DownloadOutcome],
     ) -> None:
         async with units, results:
@@ -272,10 +311,12 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                             missing.append(sop)
                     whole = len(missing) == len(sops) > 1 and not self.split_series
                     if whole:
-                        await put(units, _Unit(study, series, tuple(missing), whole_series=True))
+                        unit = _Unit(study, series, tuple(missing), whole_series=True)
+                        await put(units, (unit, 0))
                     else:
                         for sop in missing:
-                            await put(units, _Unit(study, series, (sop,), whole_series=False))
+                            unit = _Unit(study, series, (sop,), whole_series=False)
+                            await put(units, (unit, 0))
             self.tracker.set_total(self._expected)
 
     async def _emit(
@@ -298,13 +339,35 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
 
     async def _fetch_units(
         self,
-        units: MemoryObjectReceiveStream[_Unit],
+        units: MemoryObjectReceiveStream[tuple[_Unit, int]],
         results: MemoryObjectSendStream[DownloadOutcome],
+        final: bool = False,
     ) -> None:
         async with units, results:
-            async for unit in taken(units):
-                saved: list[DownloadedInstance] = []
-                error: str | None = None
+            async for unit, prior in taken(units):
+                await self._fetch(unit, prior, results, final)
+
+    async def _fetch(
+        self,
+        unit: _Unit,
+        prior: int,
+        results: MemoryObjectSendStream[DownloadOutcome],
+        final: bool,
+    ) -> None:
+        """Fetch ``unit`` (which took ``prior`` tries before); one outcome per instance.
+
+        The transport retries a request until a response starts. A response cut off
+        after that is asked for again here, for the instances still missing, up to the
+        policy's tries; a whole series partly saved continues one instance at a time.
+        """
+        started = time.monotonic()
+        rounds = 0
+        while True:
+            rounds += 1
+            saved: list[DownloadedInstance] = []
+            error: DICOMwebError | OSError | None = None
+            answered = False
+            with count_attempts() as tries:
                 try:
                     async with (
                         self._limiter,
@@ -312,6 +375,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                             self._transport, self._path(unit), self._accept, limits=self._limits
                         ) as parts,
                     ):
+                        answered = True
                         await save_parts(
                             parts,
                             self.directory,
@@ -321,32 +385,66 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                             budget=self._budget,
                         )
                 except (DICOMwebError, OSError) as exc:
-                    error = str(exc)
-                for item in saved:
-                    await self._emit(
-                        results,
-                        DownloadOutcome(
-                            item.study_instance_uid,
-                            item.series_instance_uid,
-                            item.sop_instance_uid,
-                            "downloaded",
-                            item.path,
-                            item.size,
-                        ),
+                    error = exc
+            prior += tries.value
+            for item in saved:
+                await self._emit(
+                    results,
+                    DownloadOutcome(
+                        item.study_instance_uid,
+                        item.series_instance_uid,
+                        item.sop_instance_uid,
+                        "downloaded",
+                        item.path,
+                        item.size,
+                        attempts=prior,
+                    ),
+                )
+            got = {item.sop_instance_uid for item in saved}
+            missing = tuple(sop for sop in unit.sops if sop not in got)
+            if not missing:
+                return
+            transient = error is not None and self.retry.is_transient(error)
+            if transient and answered and rounds < self.retry.attempts:
+                delay = self.retry.delay(rounds)
+                if self.retry.within_deadline(time.monotonic() - started, delay):
+                    logger.warning(
+                        "GET %s broke off (%s); retry %d in %.2fs",
+                        self._path(unit),
+                        error,
+                        rounds,
+                        delay,
                     )
-                got = {item.sop_instance_uid for item in saved}
-                for sop in unit.sops:
-                    if sop not in got:
-                        await self._emit(
-                            results,
-                            DownloadOutcome(
-                                unit.study,
-                                unit.series,
-                                sop,
-                                "failed",
-                                message=error or "not in the server's response",
-                            ),
-                        )
+                    await anyio.sleep(delay)
+                    if saved and len(missing) > 1:
+                        # Asking for the series again would fetch what is saved twice.
+                        for sop in missing:
+                            single = _Unit(unit.study, unit.series, (sop,), whole_series=False)
+                            await self._fetch(single, prior, results, final)
+                        return
+                    unit = _Unit(unit.study, unit.series, missing, unit.whole_series)
+                    continue
+            if transient and not final and self.retry.attempts > 1:
+                if not saved:
+                    self._deferred.append((unit, prior))
+                else:
+                    for sop in missing:
+                        single = _Unit(unit.study, unit.series, (sop,), whole_series=False)
+                        self._deferred.append((single, prior))
+                return
+            for sop in missing:
+                await self._emit(
+                    results,
+                    DownloadOutcome(
+                        unit.study,
+                        unit.series,
+                        sop,
+                        "failed",
+                        message=str(error) if error else "not in the server's response",
+                        attempts=prior,
+                    ),
+                )
+            return
 
 
 def _existing(folder: Path) -> dict[str, int]:

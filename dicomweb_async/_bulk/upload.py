@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._core.exceptions import DICOMwebError
 from .._core.implicit_vr import IMPLICIT_VR_MESSAGE, is_implicit_vr
 from .._core.multipart_writer import BodyPart
-from .._core.retry import RetryPolicy
+from .._core.retry import RetryPolicy, count_attempts
 from .._core.store_result import FailureReason
 from .._services import stow as _stow
 from .._transport.transport import Transport
@@ -75,7 +75,7 @@ class FileOutcome:
     message : str or None
         Why a file failed or was skipped, in words.
     attempts : int
-        Requests that carried this file.
+        Requests that carried this file, the transport's retries included.
     from_journal : bool
         True when skipped because the journal records it.
     """
@@ -180,9 +180,11 @@ class UploadPipeline(Pipeline[FileOutcome]):
         Skip instances an earlier run recorded; record those confirmed in this run.
     progress : callable, optional
         Receives :class:`Progress` events.
-    retry : RetryPolicy
-        Also governs re-sending instances the server reports as being created by
-        another process (FailureReason 45071).
+    retry : RetryPolicy, optional
+        How requests are retried (default :meth:`RetryPolicy.for_bulk`). Requests that
+        still failed transiently (the policy's statuses, broken connections) are sent
+        once more, with the same policy, after all the others. It also governs re-sending
+        instances the server reports as being created by another process (45071).
     reject_implicit_vr : bool
         Report implicit VR little endian files as failed without sending them (the
         Azure DICOM service refuses them).
@@ -208,7 +210,8 @@ class UploadPipeline(Pipeline[FileOutcome]):
             raise ValueError("concurrency must be at least 1")
         if max_request_bytes is not None and max_request_bytes < 1:
             raise ValueError("max_request_bytes must be positive")
-        self._transport = transport
+        self.retry = retry or RetryPolicy.for_bulk()
+        self._transport = transport.with_retry(self.retry)
         self._sources = _normalize(sources)
         self.concurrency = concurrency
         self.max_request_bytes = max_request_bytes
@@ -219,7 +222,8 @@ class UploadPipeline(Pipeline[FileOutcome]):
             else journal
         )
         self.tracker = ProgressTracker("upload", progress)
-        self.retry = retry or transport.retry
+        # Requests that failed transiently, with the tries they took: sent again at the end.
+        self._deferred: list[_Request] = []
         self.result_buffer = 4 * concurrency
         self.reject_implicit_vr = reject_implicit_vr
         self.convert_implicit_vr = convert_implicit_vr
@@ -232,13 +236,35 @@ class UploadPipeline(Pipeline[FileOutcome]):
             await self.journal.open()
 
     def _start(self, tg: TaskGroup, results: MemoryObjectSendStream[FileOutcome]) -> None:
-        batch_send, batch_recv = anyio.create_memory_object_stream[list[ScannedFile]](
-            self.concurrency
+        tg.start_soon(self._run, results.clone())
+
+    async def _run(self, results: MemoryObjectSendStream[FileOutcome]) -> None:
+        async with results:
+            batch_send, batch_recv = anyio.create_memory_object_stream[_Request](self.concurrency)
+            async with anyio.create_task_group() as tg:
+                with batch_recv:
+                    tg.start_soon(self._produce, batch_send, results.clone())
+                    for _ in range(self.concurrency):
+                        tg.start_soon(self._send_batches, batch_recv.clone(), results.clone())
+            await self._final_pass(results)
+
+    async def _final_pass(self, results: MemoryObjectSendStream[FileOutcome]) -> None:
+        """Send once more what failed transiently; what fails now is reported failed."""
+        deferred, self._deferred = self._deferred, []
+        if not deferred:
+            return
+        logger.warning(
+            "%d request(s) failed transiently after every retry; sending them once more",
+            len(deferred),
         )
-        with batch_recv:
-            tg.start_soon(self._produce, batch_send, results.clone())
-            for _ in range(self.concurrency):
-                tg.start_soon(self._send_batches, batch_recv.clone(), results.clone())
+        send, receive = anyio.create_memory_object_stream[_Request](self.concurrency)
+        async with anyio.create_task_group() as tg:
+            with receive:
+                for _ in range(min(self.concurrency, len(deferred))):
+                    tg.start_soon(self._send_batches, receive.clone(), results.clone(), True)
+            async with send:
+                for request in deferred:
+                    await put(send, request)
 
     async def _close(self) -> None:
         if self.journal is not None and self._own_journal:
@@ -264,7 +290,7 @@ class UploadPipeline(Pipeline[FileOutcome]):
 
     async def _produce(
         self,
-        batches: MemoryObjectSendStream[list[ScannedFile]],
+        batches: MemoryObjectSendStream[_Request],
         results: MemoryObjectSendStream[FileOutcome],
     ) -> None:
         grouper = _Grouper(self.max_request_bytes)
@@ -277,9 +303,9 @@ class UploadPipeline(Pipeline[FileOutcome]):
                         await self._emit(results, decided)
                         continue
                     for batch in grouper.add(decided):
-                        await put(batches, batch)
+                        await put(batches, (batch, 0))
             for batch in grouper.flush():
-                await put(batches, batch)
+                await put(batches, (batch, 0))
             self.tracker.set_total(self.inputs)
 
     def _settle(self, item: ScannedFile | Unreadable) -> FileOutcome | ScannedFile:
@@ -322,12 +348,13 @@ class UploadPipeline(Pipeline[FileOutcome]):
 
     async def _send_batches(
         self,
-        batches: MemoryObjectReceiveStream[list[ScannedFile]],
+        batches: MemoryObjectReceiveStream[_Request],
         results: MemoryObjectSendStream[FileOutcome],
+        final: bool = False,
     ) -> None:
         async with batches, results:
-            async for batch in taken(batches):
-                outcomes = await self._upload(batch)
+            async for batch, prior in taken(batches):
+                outcomes = await self._upload(batch, prior, final)
                 if self.journal is not None:
                     await self.journal.record(
                         JournalEntry(o.sop_instance_uid or "", o.status, str(o.path), o.size)
@@ -350,19 +377,31 @@ class UploadPipeline(Pipeline[FileOutcome]):
                 items.append(BodyPart(size=f.size, path=f.path))
         return items
 
-    async def _upload(self, batch: Sequence[ScannedFile]) -> list[FileOutcome]:
+    async def _upload(
+        self, batch: Sequence[ScannedFile], prior: int = 0, final: bool = True
+    ) -> list[FileOutcome]:
+        """Send ``batch`` (which took ``prior`` tries before); the outcomes it settled.
+
+        A request that failed transiently after the transport's retries is kept for the
+        final pass, unless this is it (``final``).
+        """
         outcomes: list[FileOutcome] = []
         todo = list(batch)
-        attempt = 0
+        attempt = 0  # rounds, for the 45071 backoff
         while todo:
             attempt += 1
-            try:
-                result = await _stow.store(self._transport, await self._items(todo))
-            except (DICOMwebError, OSError) as exc:
-                # The whole request failed (after the transport's own retries): every
-                # instance in it is reported with the error.
-                outcomes.extend(_failed(f, str(exc), attempt) for f in todo)
-                return outcomes
+            with count_attempts() as tries:
+                try:
+                    result = await _stow.store(self._transport, await self._items(todo))
+                except (DICOMwebError, OSError) as exc:
+                    if not final and self.retry.attempts > 1 and self.retry.is_transient(exc):
+                        self._deferred.append((todo, prior + tries.value))
+                        return outcomes
+                    # The whole request failed (after the transport's own retries):
+                    # every instance in it is reported with the error.
+                    outcomes.extend(_failed(f, str(exc), prior + tries.value) for f in todo)
+                    return outcomes
+            prior += tries.value
             retry_later: list[ScannedFile] = []
             failed = {o.sop_instance_uid: o for o in result.failed}
             stored = {o.sop_instance_uid for o in result.stored}
@@ -371,20 +410,18 @@ class UploadPipeline(Pipeline[FileOutcome]):
                 if sop in failed:
                     code = failed[sop].reason
                     if code == FailureReason.ALREADY_STORED:
-                        outcomes.append(_outcome(f, "already_stored", attempt, code))
+                        outcomes.append(_outcome(f, "already_stored", prior, code))
                     elif code == FailureReason.BEING_CREATED and attempt < self.retry.attempts:
                         retry_later.append(f)
                     else:
                         text = "; ".join(failed[sop].error_comments) or "refused by the server"
-                        outcomes.append(
-                            _failed(f, f"{text} (FailureReason {code})", attempt, code)
-                        )
+                        outcomes.append(_failed(f, f"{text} (FailureReason {code})", prior, code))
                 elif sop in stored or (result.status_code == 200 and not result.failed):
-                    outcomes.append(_outcome(f, "stored", attempt))
+                    outcomes.append(_outcome(f, "stored", prior))
                 else:
                     outcomes.append(
                         _failed(
-                            f, f"not reported by the server (status {result.status_code})", attempt
+                            f, f"not reported by the server (status {result.status_code})", prior
                         )
                     )
             if retry_later:
@@ -398,6 +435,10 @@ class UploadPipeline(Pipeline[FileOutcome]):
                 await anyio.sleep(delay)
             todo = retry_later
         return outcomes
+
+
+#: One request to send: its files, and the tries earlier passes made.
+_Request = tuple[list[ScannedFile], int]
 
 
 class _Grouper:

@@ -211,6 +211,17 @@ def _add_cluster_options(parser: argparse.ArgumentParser, positive: Any) -> None
     )
 
 
+def _add_retry_option(parser: argparse.ArgumentParser, positive: Any) -> None:
+    parser.add_argument(
+        "--max-attempts",
+        type=positive,
+        metavar="N",
+        help="tries per request for 429, 502, 503, 504 and broken connections (default 8, "
+        "with backoff up to 15 s); what still fails gets one more pass at the end; "
+        "1 turns retrying off",
+    )
+
+
 def _add_resource(parser: argparse.ArgumentParser, *, instance: bool) -> None:
     """STUDY [SERIES [SOP]] positionals; all three are required for an ``instance``."""
     optional: dict[str, Any] = {} if instance else {"nargs": "?"}
@@ -268,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="record confirmed instances in FILE; a re-run with it skips them "
         "(with --workers, --scheduler or --ray: a folder of per-shard journals)",
     )
+    _add_retry_option(upload, positive)
     _add_cluster_options(upload, positive)
 
     download = command("download", "Download studies to DIR/<study>/<series>/<sop>.dcm, WADO-RS.")
@@ -282,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="fetch instances again even when their file is already complete",
     )
+    _add_retry_option(download, positive)
     _add_cluster_options(download, positive)
     download.add_argument(
         "--filter",
@@ -290,6 +303,73 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="also download the studies a search with these filters finds (repeatable)",
     )
+
+    copy = command(
+        "copy",
+        "Copy studies from one DICOMweb server to another, streamed (WADO-RS into STOW-RS).",
+    )
+    copy.add_argument("studies", nargs="*", metavar="STUDY_UID")
+    for side, where in (("from", "source"), ("to", "destination")):
+        group = copy.add_argument_group(f"the {where}")
+        group.add_argument(
+            f"--{side}",
+            dest=f"{side}_url",
+            required=True,
+            metavar="URL",
+            help=f"the {where}'s DICOMweb service root",
+        )
+        group.add_argument(
+            f"--{side}-token-env", metavar="VAR", help="read its bearer token from VAR"
+        )
+        group.add_argument(f"--{side}-user", metavar="USER", help="Basic auth user")
+        group.add_argument(
+            f"--{side}-password-env", metavar="VAR", help="read the Basic auth password from VAR"
+        )
+        group.add_argument(
+            f"--{side}-azure",
+            action="store_true",
+            help="an Azure DICOM service (URL without /v2): tokens from azure-identity's "
+            "DefaultAzureCredential"
+            + ("; implicit VR instances are converted to explicit VR" if side == "to" else ""),
+        )
+    copy.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also copy the studies a search of the source with these filters finds",
+    )
+    copy.add_argument(
+        "--concurrency",
+        type=positive,
+        default=4,
+        metavar="N",
+        help="source requests (series or instances) in flight (4)",
+    )
+    copy.add_argument(
+        "--max-request-bytes",
+        type=size,
+        metavar="SIZE",
+        help="group instances of a study into STOW-RS requests up to SIZE; "
+        "default: one instance per request",
+    )
+    copy.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="record instances the destination confirmed; a re-run with it copies the rest",
+    )
+    copy.add_argument(
+        "--no-skip-existing",
+        dest="skip_existing",
+        action="store_false",
+        help="do not list each study at the destination first to skip what it has",
+    )
+    copy.add_argument(
+        "--verify",
+        action="store_true",
+        help="afterwards, compare each study's instances at both servers (QIDO-RS)",
+    )
+    _add_retry_option(copy, positive)
 
     search = command("search", "Search (QIDO-RS); print a table or DICOM JSON.")
     search.add_argument("level", choices=("studies", "series", "instances"))
@@ -364,7 +444,21 @@ def check_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     parser : argparse.ArgumentParser
         Reports usage errors (``parser.error`` exits).
     """
-    if args.command == "download":
+    if args.command == "copy":
+        given = [
+            "--" + n.replace("_", "-")
+            for n in ("url", "token", "token_env", "user", "password", "password_env")
+            if getattr(args, n, None)
+        ]
+        if given:
+            parser.error(f"copy: {', '.join(given)} do not apply; use --from-... and --to-...")
+        if not args.studies and not args.filter:
+            parser.error("copy: give STUDY_UID arguments, --filter KEY=VALUE, or both")
+        try:
+            args.filters = parse_filters(args.filter)
+        except ValueError as exc:
+            parser.error(f"copy: {exc}")
+    elif args.command == "download":
         if not args.studies and not args.filter:
             parser.error("download: give STUDY_UID arguments, --filter KEY=VALUE, or both")
         try:

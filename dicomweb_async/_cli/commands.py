@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from .. import AsyncDICOMwebClient, DICOMwebError, DownloadReport, UploadReport
+from .. import AsyncDICOMwebClient, DICOMwebError, DownloadReport, RetryPolicy, UploadReport
 from . import sharded
 from .console import Console
 from .tables import (
@@ -83,6 +83,12 @@ class Context:
         self.out.flush()
 
 
+def bulk_retry(args: argparse.Namespace) -> RetryPolicy | None:
+    """The retry policy ``--max-attempts`` asks for (None: the bulk default)."""
+    attempts: int | None = getattr(args, "max_attempts", None)
+    return None if attempts is None else RetryPolicy.for_bulk(attempts)
+
+
 async def upload(ctx: Context) -> bool:
     """Upload files and folders, then print the summary."""
     args = ctx.args
@@ -97,6 +103,7 @@ async def upload(ctx: Context) -> bool:
             max_request_bytes=args.max_request_bytes,
             journal=args.journal,
             progress=ctx.console.progress,
+            retry=bulk_retry(args),
         )
     for line in upload_summary(report):
         ctx.print(ctx.console.redact(line))
@@ -130,6 +137,7 @@ async def download(ctx: Context) -> bool:
             concurrency=args.concurrency,
             skip_existing=args.skip_existing,
             progress=ctx.console.progress,
+            retry=bulk_retry(args),
         )
     for line in download_summary(report):
         ctx.print(ctx.console.redact(line))

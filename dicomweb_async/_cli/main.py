@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TextIO
 
 from .. import AsyncDICOMwebClient, DICOMwebError
-from . import commands, sharded
+from . import commands, copying, sharded
 from .args import build_parser, check_command
 from .connection import Settings, resolve_settings
 from .console import Console, logging_to
@@ -69,6 +69,10 @@ async def _run(args: argparse.Namespace, settings: Settings, console: Console, o
         command = _COMMANDS[args.what if args.command == "retrieve" else args.command]
         ok = await command(commands.Context(args, client, console, out))
         return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _exit_code(done: Awaitable[bool]) -> int:
+    return EXIT_OK if await done else EXIT_FAILED
 
 
 def _run_interruptibly(main: Coroutine[Any, Any, int]) -> int:
@@ -142,9 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # argparse prints usage errors itself; they are captured to be redacted first.
         with contextlib.redirect_stderr(errors):
             args = parser.parse_args(arguments)
-            settings = resolve_settings(args, parser, redact)
-            check_command(args, parser)
-            if sharded.sharded(args):
+            if args.command == "copy":
+                check_command(args, parser)
+                sides = copying.resolve_sides(args, parser, redact)
+            else:
+                settings = resolve_settings(args, parser, redact)
+                check_command(args, parser)
+            if args.command != "copy" and sharded.sharded(args):
                 if settings.ask_password_for is not None:
                     parser.error("a cluster takes a bearer token, not --user")
                 if args.command == "download" and not args.skip_existing:
@@ -160,11 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout
     with logging_to(console, args.verbose):
         try:
+            if args.command == "copy":
+                connections = max(DEFAULT_MAX_CONNECTIONS, 2 * args.concurrency)
+                copied = copying.run_copy(args, sides, console, out, connections)
+                return _run_interruptibly(_exit_code(copied))
             settings.ask_password(redact)
             return _run_interruptibly(_run(args, settings, console, out))
         except KeyboardInterrupt:
             console.close()
-            resumable = args.command == "upload" and args.journal
+            resumable = args.command in ("upload", "copy") and args.journal
             hint = "; re-run with the same --journal to resume" if resumable else ""
             console.message(f"interrupted{hint}")
             return EXIT_INTERRUPTED

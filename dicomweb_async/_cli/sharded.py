@@ -68,15 +68,16 @@ def target(
         parser.error(f'sharding over {name} needs: pip install "dicomweb-async[{extra}]"')
     if isinstance(auth, tuple):
         parser.error("a cluster takes a bearer token, not --user")
+    attempts = args.max_attempts
     if auth is None:
-        return Target(url)
+        return Target(url, max_attempts=attempts)
     if args.token_env:
-        return Target(url, token_env=args.token_env)
+        return Target(url, token_env=args.token_env, max_attempts=attempts)
     remote = _remote(args)
     if remote is not None:
         parser.error(f"{remote} needs --token-env VAR, set on the cluster's workers")
     os.environ[TOKEN_ENV] = str(auth)
-    return Target(url, token_env=TOKEN_ENV)
+    return Target(url, token_env=TOKEN_ENV, max_attempts=attempts)
 
 
 @contextlib.contextmanager

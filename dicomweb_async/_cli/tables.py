@@ -8,7 +8,7 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from .. import DownloadReport, UploadReport
+from .. import CopyReport, DownloadReport, StudyDifference, UploadReport
 from .text import megabytes, megabytes_per_second, one_line
 
 __all__ = ["SEARCH_COLUMNS", "download_summary", "element_text", "format_table", "upload_summary"]
@@ -220,3 +220,67 @@ def download_summary(report: DownloadReport) -> list[str]:
             what = f"study {o.study_instance_uid}"
         failed.append((what, o.message or "failed"))
     return lines + _failure_lines("failed", failed)
+
+
+def copy_summary(report: CopyReport) -> list[str]:
+    """The summary printed after a copy: a table of counts, conversions, then what failed.
+
+    Parameters
+    ----------
+    report : CopyReport
+
+    Returns
+    -------
+    list of str
+        The lines to print; a failed instance is named by its three UIDs.
+    """
+    already = report.already_present
+    journal = sum(1 for o in already if o.from_journal)
+    lines = ["copy summary"]
+    lines += _counts(
+        "instances",
+        [
+            ("copied", len(report.copied), report.bytes_copied),
+            ("already present", len(already), None),
+            ("failed", len(report.failed), None),
+            ("total", len(report.outcomes), None),
+        ],
+    )
+    if journal:
+        lines.append(f"  ({journal} already present according to the journal)")
+    if report.converted:
+        lines.append(
+            f"  ({len(report.converted)} converted from implicit to explicit VR little endian)"
+        )
+    attempts = sum(o.attempts for o in report.outcomes)
+    retried = sum(1 for o in report.outcomes if o.attempts > 1)
+    if retried:
+        lines.append(f"  ({retried} needed more than one request; {attempts} requests in all)")
+    lines.append(_throughput(report.bytes_copied, "copied", report.elapsed))
+    failed = []
+    for o in report.failed:
+        if o.sop_instance_uid:
+            what = f"{o.study_instance_uid}/{o.series_instance_uid}/{o.sop_instance_uid}"
+        else:
+            what = f"study {o.study_instance_uid}"
+        failed.append((what, o.message or "failed"))
+    return lines + _failure_lines("failed", failed)
+
+
+def verify_summary(differences: Sequence[StudyDifference], studies: int) -> list[str]:
+    """What ``copy --verify`` prints: each study that differs, or that all match."""
+    if not differences:
+        what = "the study matches" if studies == 1 else f"all {studies} studies match"
+        return [f"verify: {what} (every source instance is at the destination, nothing more)"]
+    lines = [f"verify: {len(differences)} of {studies} studies differ"]
+    for d in differences[:MAX_LISTED]:
+        if d.error:
+            lines.append(f"  {d.study_instance_uid}: could not compare: {one_line(d.error)}")
+        else:
+            lines.append(
+                f"  {d.study_instance_uid}: {len(d.missing)} missing at the destination, "
+                f"{len(d.extra)} only at the destination"
+            )
+    if len(differences) > MAX_LISTED:
+        lines.append(f"  ... and {len(differences) - MAX_LISTED} more")
+    return lines

@@ -102,6 +102,8 @@ class ClientBase:
         self._transport = Transport(
             self.base_url, client, owns_client=owns, retry=retry or RetryPolicy()
         )
+        # Bulk transfers are more patient than single calls, unless told otherwise.
+        self._bulk_retry = retry or RetryPolicy.for_bulk()
         self.max_connections: int | None = max_connections if owns else None
         self._limits = reader_limits or ReaderLimits()
         self.original_on_406 = original_on_406

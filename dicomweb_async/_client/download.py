@@ -14,6 +14,7 @@ from .._bulk.download import DownloadPipeline, DownloadReport, StudySources
 from .._bulk.progress import ProgressCallback
 from .._bulk.report import run_to_report
 from .._core.datasets import first_value
+from .._core.retry import RetryPolicy
 from .._core.urls import series_path, study_path
 from .._services import qido as _qido
 from .._services import wado as _wado
@@ -133,6 +134,7 @@ class DownloadMethods(ClientBase):
             series=series,
             media_types=media_types,
             split_series=series is not None,
+            retry=self._bulk_retry,
         )
         report = (await run_to_report(pipeline, DownloadReport())).raise_for_failures()
         return [
@@ -157,6 +159,7 @@ class DownloadMethods(ClientBase):
         skip_existing: bool = True,
         progress: ProgressCallback | None = None,
         media_types: MediaTypes = None,
+        retry: RetryPolicy | None = None,
     ) -> DownloadPipeline:
         """Download studies as they come; iterate per-instance outcomes as they complete.
 
@@ -174,6 +177,7 @@ class DownloadMethods(ClientBase):
             skip_existing=skip_existing,
             progress=progress,
             media_types=media_types,
+            retry=retry or self._bulk_retry,
         )
 
     async def download_studies(
@@ -185,6 +189,7 @@ class DownloadMethods(ClientBase):
         skip_existing: bool = True,
         progress: ProgressCallback | None = None,
         media_types: MediaTypes = None,
+        retry: RetryPolicy | None = None,
     ) -> DownloadReport:
         """Download many studies to ``directory/<study>/<series>/<sop>.dcm``.
 
@@ -203,6 +208,11 @@ class DownloadMethods(ClientBase):
             Called with :class:`Progress` events.
         media_types : sequence, optional
             Acceptable media types and transfer syntaxes (default: stored encoding).
+        retry : RetryPolicy, optional
+            How requests are retried: the policy the client was created with, else
+            :meth:`RetryPolicy.for_bulk`. A response cut off mid-body is asked for again
+            (the instances still missing); what still failed transiently is asked for
+            once more after all the rest.
 
         Returns
         -------
@@ -222,6 +232,7 @@ class DownloadMethods(ClientBase):
                 skip_existing=skip_existing,
                 progress=progress,
                 media_types=media_types,
+                retry=retry,
             ),
             DownloadReport(),
         )

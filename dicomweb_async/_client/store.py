@@ -11,6 +11,7 @@ from .._bulk.progress import ProgressCallback
 from .._bulk.report import run_to_report
 from .._bulk.upload import Sources, UploadPipeline, UploadReport
 from .._core.multipart_writer import StoreItem
+from .._core.retry import RetryPolicy
 from .._core.store_result import StoreResult
 from .._core.urls import check_uid, instance_path, series_path, study_path
 from .._services import delete as _delete
@@ -70,6 +71,7 @@ class StoreMethods(ClientBase):
         journal: Journal | str | os.PathLike[str] | None = None,
         progress: ProgressCallback | None = None,
         convert_implicit_vr: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> UploadPipeline:
         """Upload files as they come; iterate their outcomes as they complete.
 
@@ -88,6 +90,7 @@ class StoreMethods(ClientBase):
             progress=progress,
             reject_implicit_vr=self.reject_implicit_vr,
             convert_implicit_vr=convert_implicit_vr,
+            retry=retry or self._bulk_retry,
         )
 
     async def store_folder(
@@ -99,6 +102,7 @@ class StoreMethods(ClientBase):
         journal: Journal | str | os.PathLike[str] | None = None,
         progress: ProgressCallback | None = None,
         convert_implicit_vr: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> UploadReport:
         """Upload every DICOM file in folders (recursively) or in a list of paths.
 
@@ -121,6 +125,11 @@ class StoreMethods(ClientBase):
             For a client created with ``reject_implicit_vr=True`` (Azure): re-encode
             implicit VR little endian files as explicit VR and send those, instead of
             reporting them as failed.
+        retry : RetryPolicy, optional
+            How requests are retried: the policy the client was created with, else
+            :meth:`RetryPolicy.for_bulk` (eight tries, backoff up to 15 s, Retry-After
+            honoured). Requests that still failed transiently are sent once more after
+            all the others before the report is returned.
 
         Returns
         -------
@@ -135,6 +144,7 @@ class StoreMethods(ClientBase):
         Headers are read (up to the pixel data) in worker threads; files are sent as
         they are, re-read from disk on every retry. 429, 502, 503, 504, dropped
         connections and FailureReason 45071 are retried; validation failures are not.
+        Each outcome's ``attempts`` counts the requests that carried its file.
         """
         return await run_to_report(
             self.upload_pipeline(
@@ -144,6 +154,7 @@ class StoreMethods(ClientBase):
                 journal=journal,
                 progress=progress,
                 convert_implicit_vr=convert_implicit_vr,
+                retry=retry,
             ),
             UploadReport(),
         )

@@ -97,6 +97,9 @@ class MultipartError(ProtocolError):
         Zero-based index of the part being read when the error happened.
     offset : int or None
         Byte offset in the body at which the problem was detected.
+    truncated : bool
+        True when the body ended early (the connection closed before the closing
+        boundary or the declared length): worth asking again, unlike a malformed body.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class MultipartError(ProtocolError):
         offset: int | None = None,
         method: str | None = None,
         url: str | None = None,
+        truncated: bool = False,
     ):
         where = []
         if part_index is not None:
@@ -117,6 +121,7 @@ class MultipartError(ProtocolError):
         super().__init__(full, method=method, url=url)
         self.part_index = part_index
         self.offset = offset
+        self.truncated = truncated
 
 
 class HTTPStatusError(DICOMwebError):

@@ -240,10 +240,13 @@ class MultipartReader:
         """Number of parts started so far."""
         return self._index + 1
 
-    def _error(self, message: str) -> MultipartError:
+    def _error(self, message: str, truncated: bool = False) -> MultipartError:
         begun = self._parser.parts_begun
         return MultipartError(
-            message, part_index=begun - 1 if begun else None, offset=self._received
+            message,
+            part_index=begun - 1 if begun else None,
+            offset=self._received,
+            truncated=truncated,
         )
 
     def feed(self, data: bytes) -> Iterator[Event]:
@@ -306,17 +309,18 @@ class MultipartReader:
             self._parser.close(check_complete=True)
         except multipart.MultipartError:
             if self._parser.parts_begun == 0:
-                raise self._error("body ended before the first part began") from None
+                raise self._error("body ended before the first part began", True) from None
             if self._parser.parts_begun > self._index + 1:
                 raise self._error(
-                    "body ended inside a part's headers (truncated response)"
+                    "body ended inside a part's headers (truncated response)", True
                 ) from None
             if self._in_part:
                 raise self._error(
                     f"body ended inside a part after {self._part_size} bytes of it "
-                    "(truncated response)"
+                    "(truncated response)",
+                    True,
                 ) from None
-            raise self._error("body ended before the closing boundary") from None
+            raise self._error("body ended before the closing boundary", True) from None
         return iter(())
 
     @property
@@ -395,6 +399,7 @@ class SinglePartReader:
                 f"body ended after {self._received} of {self._length} bytes (truncated response)",
                 part_index=0,
                 offset=self._received,
+                truncated=True,
             )
         yield from self.feed(b"")
         yield PartEnd(0, self._received)

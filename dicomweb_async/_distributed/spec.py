@@ -47,6 +47,8 @@ class Target:
     verify : bool or str
         TLS verification: True, False or a CA bundle path.
     engine : {"auto", "aiohttp", "httpcore"}
+    max_attempts : int or None
+        Tries per request (:meth:`RetryPolicy.for_bulk`); None: that policy's default.
     """
 
     url: str
@@ -56,6 +58,7 @@ class Target:
     timeout: float | None = 60.0
     verify: bool | str = True
     engine: str = "auto"
+    max_attempts: int | None = None
 
     def __post_init__(self) -> None:
         if self.token_env is not None and self.auth_factory is not None:
@@ -71,6 +74,7 @@ class Target:
         """
         from .._azure.client import AzureDICOMwebClient
         from .._client.client import AsyncDICOMwebClient
+        from .._core.retry import RetryPolicy
 
         auth: Any = None
         if self.token_env is not None:
@@ -91,6 +95,7 @@ class Target:
             verify=self.verify,
             max_connections=max_connections,
             engine=self.engine,  # type: ignore[arg-type]
+            retry=None if self.max_attempts is None else RetryPolicy.for_bulk(self.max_attempts),
         )
 
 

@@ -8,8 +8,10 @@ its parameters; the services, bulk transfer and Azure modules talk to this class
 
 from __future__ import annotations
 
+import copy
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +20,7 @@ import anyio
 import httpx
 
 from .._core.exceptions import DICOMwebError, TimeoutError, TransportError, status_error_class
-from .._core.retry import RetryPolicy
+from .._core.retry import RetryPolicy, note_attempt
 from .engines import EngineTransport
 
 __all__ = ["Body", "Response", "Transport", "make_http_client", "translate_error"]
@@ -211,6 +213,18 @@ class Transport:
         # upload): parsing one costs more than the rest of building the request.
         self._urls: dict[str, httpx.URL] = {}
 
+    def with_retry(self, retry: RetryPolicy) -> Transport:
+        """This transport (the same connections) sending with another retry policy.
+
+        The copy never closes the client: its owner still does.
+        """
+        if retry == self.retry:
+            return self
+        other = copy.copy(self)
+        other.retry = retry
+        other.owns_client = False
+        return other
+
     async def aclose(self) -> None:
         """Close the HTTP client if this transport created it."""
         if self.owns_client:
@@ -256,8 +270,10 @@ class Transport:
         replayable = method in IDEMPOTENT or body is None or isinstance(body, bytes)
         replayable = replayable or isinstance(body, httpx.AsyncByteStream)
         attempt = 0
+        started = time.monotonic()
         while True:
             attempt += 1
+            note_attempt()
             try:
                 response = await self.client.send(request, stream=True)
             except ssl.SSLError as exc:
@@ -265,8 +281,13 @@ class Transport:
                 # verification is not worth a retry.
                 raise translate_error(exc, method, request.url) from exc
             except httpx.HTTPError as exc:
-                if replayable and not once and self.retry.should_retry_error(attempt):
-                    delay = self.retry.delay(attempt)
+                delay = self.retry.delay(attempt)
+                if (
+                    replayable
+                    and not once
+                    and self.retry.should_retry_error(attempt)
+                    and self.retry.within_deadline(time.monotonic() - started, delay)
+                ):
                     logger.warning(
                         "%s %s failed (%s); retry %d in %.2fs",
                         method,
@@ -285,8 +306,13 @@ class Transport:
             # did not process it (429, 503); after a 502, 504 or a dropped connection it
             # may have.
             retryable = status in _NOT_PROCESSED if once else True
-            if replayable and retryable and self.retry.should_retry_status(attempt, status):
-                delay = self.retry.delay(attempt, response.headers.get("retry-after"))
+            delay = self.retry.delay(attempt, response.headers.get("retry-after"))
+            if (
+                replayable
+                and retryable
+                and self.retry.should_retry_status(attempt, status)
+                and self.retry.within_deadline(time.monotonic() - started, delay)
+            ):
                 await response.aclose()
                 logger.warning(
                     "%s %s answered %d; retry %d in %.2fs",
