@@ -3,6 +3,7 @@ files that change between planning a request and sending it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,38 @@ def test_spans_are_the_body_with_files_left_whole(tmp_path: Path) -> None:
     single = SinglePartBody(a)
     assert single.spans() == [a] and single.iterations == 1
     assert SinglePartBody(memory).spans() == [b"hello"]
+
+
+def test_large_bytes_are_a_span_of_their_own_not_copied(tmp_path: Path) -> None:
+    big = BodyPart(size=256 * 1024, data=bytes(256 * 1024))
+    writer = MultipartWriter()
+    body = MultipartBody([big], writer)
+    spans = body.spans()
+    assert [type(s) for s in spans] == [bytes, bytes, bytes]
+    assert spans[1] is big.data
+    assert b"".join(spans) == _expected(writer, [big])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ["aiohttp", "httpcore"])
+async def test_a_body_lets_go_of_its_bytes_when_the_exchange_ends(engine: str) -> None:
+    # httpx keeps responses in reference cycles that hold the request and its body; the
+    # bytes of what was sent must not wait for the garbage collector.
+    from dicomweb_async import AsyncDICOMwebClient
+    from tests.loopback_server import LoopbackServer, make_instance_bytes
+
+    data = make_instance_bytes(size=64 * 1024)
+    before = sys.getrefcount(data)
+    with LoopbackServer() as server:
+        async with AsyncDICOMwebClient(server.url, engine=engine) as client:  # type: ignore[arg-type]
+            body = MultipartBody([BodyPart(size=len(data), data=data)])
+            response, _ = await client._transport.request(
+                "POST", "/studies", headers=body.headers, body=body
+            )
+            assert response.status_code == 200
+            assert body.parts == []
+            assert sys.getrefcount(data) == before
+            single = SinglePartBody(BodyPart(size=len(data), data=data))
+            await client._transport.request(
+                "POST", "/studies", headers=single.headers, body=single
+            )
+            assert single.part.data is None and sys.getrefcount(data) == before

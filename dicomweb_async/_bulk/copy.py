@@ -456,33 +456,38 @@ class CopyPipeline(Pipeline[CopyOutcome]):
         while True:
             rounds += 1
             seen: set[str] = set()
-            batch = _Batch()
             error: DICOMwebError | OSError | None = None
             answered = False
-            try:
-                async with _wado.open_parts(
-                    self._source, unit.path, _ACCEPT, limits=self._limits
-                ) as parts:
-                    answered = True
-                    async for part in parts:
-                        held = await self._hold(part, unit)
-                        if held.sop in seen:
-                            held.discard()
-                            continue
-                        seen.add(held.sop)
-                        if batch.items and not self._fits(batch, held):
-                            await self._store(batch, prior, results, final)
-                        batch.items.append(held)
-                        batch.size += held.size
-                    if batch.items:
-                        await self._store(batch, prior, results, final)
-            except (DICOMwebError, OSError) as exc:
-                error = exc
-                # Complete instances received before the break still go on.
-                if batch.items:
-                    await self._store(batch, prior, results, final)
-            finally:
-                batch.discard()
+            # Receiving the next instance overlaps storing the last: a sender task takes
+            # each request as it is complete (one at a time), while this task reads on.
+            send, receive = anyio.create_memory_object_stream[_Batch](0)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._store_all, receive, prior, results, final)
+                async with send:
+                    batch = _Batch()
+                    try:
+                        async with _wado.open_parts(
+                            self._source, unit.path, _ACCEPT, limits=self._limits
+                        ) as parts:
+                            answered = True
+                            async for part in parts:
+                                held = await self._hold(part, unit)
+                                if held.sop in seen:
+                                    held.discard()
+                                    continue
+                                seen.add(held.sop)
+                                if batch.items and not self._fits(batch, held):
+                                    batch = await self._hand_over(send, batch)
+                                batch.items.append(held)
+                                batch.size += held.size
+                    except (DICOMwebError, OSError) as exc:
+                        # Complete instances received before the break still go on.
+                        error = exc
+                    try:
+                        if batch.items:
+                            batch = await self._hand_over(send, batch)
+                    finally:
+                        batch.discard()  # only if cancelled before the hand-over
             missing = [sop for sop in unit.sops if sop not in seen]
             if not missing:
                 return
@@ -515,6 +520,22 @@ class CopyPipeline(Pipeline[CopyOutcome]):
                     results, CopyOutcome(unit.study, unit.series, sop, "failed", message=message)
                 )
             return
+
+    async def _hand_over(self, send: MemoryObjectSendStream[_Batch], batch: _Batch) -> _Batch:
+        """Give a complete request to the sender; a new, empty one to fill."""
+        await send.send(batch)
+        return _Batch()
+
+    async def _store_all(
+        self,
+        batches: MemoryObjectReceiveStream[_Batch],
+        prior: int,
+        results: MemoryObjectSendStream[CopyOutcome],
+        final: bool,
+    ) -> None:
+        async with batches:
+            async for batch in batches:
+                await self._store(batch, prior, results, final)
 
     def _fits(self, batch: _Batch, held: _Held) -> bool:
         if self.max_request_bytes is None:

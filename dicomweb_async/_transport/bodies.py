@@ -93,6 +93,16 @@ class FileBody(httpx.AsyncByteStream):
         """
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Let go of the instances' bytes once the exchange is over.
+
+        httpx keeps each response in a reference cycle with its stream, and the response
+        keeps its request and so this body: without this, the bytes of every instance sent
+        from memory would stay until the garbage collector next runs (measured: 11 of
+        16 MiB each, 176 MiB, during a copy of 64).
+        """
+        raise NotImplementedError
+
 
 class MultipartBody(FileBody):
     """A ``multipart/related`` request body over in-memory and on-disk parts.
@@ -118,6 +128,10 @@ class MultipartBody(FileBody):
         self.read_size = read_size
         self.content_length = self.writer.content_length(self.parts)
         self.iterations = 0
+
+    def release(self) -> None:
+        """See :meth:`FileBody.release`."""
+        self.parts = []
 
     @property
     def headers(self) -> dict[str, str]:
@@ -146,10 +160,11 @@ class MultipartBody(FileBody):
         pending: list[bytes] = []
         for part in self.parts:
             pending.append(self.writer.head(part))
-            if part.data is not None:
+            if part.data is not None and len(part.data) < _ALONE:
                 pending.append(part.data)
             else:
-                spans += (b"".join(pending), part)
+                # A file, or bytes too large to be worth copying next to their framing.
+                spans += (b"".join(pending), part.data if part.data is not None else part)
                 pending = []
             pending.append(self.writer.part_end())
         pending.append(self.writer.tail())
@@ -190,6 +205,10 @@ class SinglePartBody(FileBody):
         self.part = part
         self.read_size = read_size
         self.iterations = 0
+
+    def release(self) -> None:
+        """See :meth:`FileBody.release`."""
+        self.part = BodyPart(size=self.part.size, path=self.part.path)
 
     @property
     def headers(self) -> dict[str, str]:

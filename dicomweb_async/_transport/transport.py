@@ -21,6 +21,7 @@ import httpx
 
 from .._core.exceptions import DICOMwebError, TimeoutError, TransportError, status_error_class
 from .._core.retry import RetryPolicy, note_attempt
+from .bodies import FileBody
 from .engines import EngineTransport
 
 __all__ = ["Body", "Response", "Transport", "make_http_client", "translate_error"]
@@ -364,6 +365,8 @@ class Transport:
             yield Response(response, method)
         finally:
             await response.aclose()
+            if isinstance(body, FileBody):
+                body.release()
 
     async def request(
         self,
