@@ -52,8 +52,10 @@ from ._core.multipart_reader import (
     SinglePartReader,
 )
 from ._core.multipart_writer import BodyPart, MultipartWriter
+from ._core.profiles import PROFILES, ServerProfile
 from ._core.retry import RetryPolicy
 from ._core.store_result import FailureReason, StoreOutcome, StoreResult
+from ._core.workitems import Workitem
 from ._services.download import DownloadedInstance
 from ._services.wado import Frame, Metadata, ReaderLimits
 from ._transport.auth import BearerAuth, TokenProvider
@@ -104,6 +106,7 @@ __all__ = [
     "NotAcceptableError",
     "NotFoundError",
     "Operation",
+    "PROFILES",
     "OperationReference",
     "OperationState",
     "Part",
@@ -120,6 +123,7 @@ __all__ = [
     "ReaderLimits",
     "RetryPolicy",
     "ServerError",
+    "ServerProfile",
     "SinglePartReader",
     "StoreFailedError",
     "StoreOutcome",
@@ -130,6 +134,7 @@ __all__ = [
     "TransportError",
     "UploadPipeline",
     "UploadReport",
+    "Workitem",
     "azure_scope",
     "copy_pipeline",
     "copy_studies",

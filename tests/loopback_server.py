@@ -907,6 +907,7 @@ class _ServerState:
         self.response_drops: list[_DropRule] = []
         self.request_drops: list[_DropRule] = []
         self.random_faults: _RandomFaults | None = None
+        self.quirks: frozenset[str] = frozenset()
         self.stalls: list[_DropRule] = []  # ``after``: how many more requests to stall
         # FailureReason values for the next STOW-RS parts that would otherwise be stored.
         self.instance_failures: list[int] = []
@@ -1368,6 +1369,16 @@ class _ServerState:
         with self.lock:
             framing = self.framing
         cut_after = self.take_drop(self.response_drops, head.method)
+        with self.lock:
+            quirks = self.quirks
+        if "bare_body_labelled_multipart" in quirks and sop is not None:
+            return _Reply(
+                200,
+                content_type='multipart/related; type="application/dicom"',
+                pieces=[instances[0]],
+                framing=framing,
+                cut_after=cut_after,
+            )
         if single:
             instance = instances[0]
             return _Reply(
@@ -1388,9 +1399,10 @@ class _ServerState:
             pieces.append((b"\r\n" if index else b"") + part_head.encode("ascii"))
             pieces.append(instance)
         pieces.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+        label = 'multipart/related; type="application/dicom"'
         return _Reply(
             200,
-            content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+            content_type=label if "no_boundary" in quirks else f"{label}; boundary={boundary}",
             pieces=pieces,
             framing=framing,
             cut_after=cut_after,
@@ -1415,6 +1427,12 @@ class _ServerState:
                 limit = int(value)
             elif key == "offset" and value.isdigit():
                 offset = int(value)
+        with self.lock:
+            quirks = self.quirks
+        if "ignore_offset" in quirks:
+            offset = 0
+        if "ignore_study_path" in quirks:
+            study = series = None
         with self.lock:
             matches = [
                 inst
@@ -1676,6 +1694,33 @@ class LoopbackServer:
                 self._state.fail_rules.append(
                     _FailRule(n, status, retry_after, body, content_type, method)
                 )
+
+    @property
+    def quirks(self) -> frozenset[str]:
+        """Misbehaviours of real servers, for QIDO-RS searches.
+
+        ``"ignore_offset"``: every page is the first one. ``"ignore_study_path"``:
+        ``/studies/{study}/instances`` (and ``/series``) answer for every study. For
+        retrievals, ``"no_boundary"``: multipart answers leave ``boundary`` out of their
+        Content-Type; ``"bare_body_labelled_multipart"``: an instance comes as its bare
+        bytes labelled ``multipart/related``.
+        """
+        with self._state.lock:
+            return self._state.quirks
+
+    @quirks.setter
+    def quirks(self, value: set[str] | frozenset[str]) -> None:
+        known = {
+            "ignore_offset",
+            "ignore_study_path",
+            "no_boundary",
+            "bare_body_labelled_multipart",
+        }
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(f"unknown quirks: {sorted(unknown)}")
+        with self._state.lock:
+            self._state.quirks = frozenset(value)
 
     def stall_next(self, n: int = 1, *, method: str | None = None) -> None:
         """Read the next ``n`` requests' heads (of ``method``, if given), then send nothing.

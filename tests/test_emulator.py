@@ -873,7 +873,8 @@ def test_the_server_object(emulator: AzureDicomEmulator) -> None:
         assert response.headers["api-supported-versions"] == "1, 2"
         assert httpx.get(f"{server.origin}/studies").status_code == 404
         assert httpx.get(f"{server.origin}/v3/studies").status_code == 400
-        assert httpx.put(f"{server.origin}/v2/studies").status_code == 405
+        assert httpx.patch(f"{server.origin}/v2/studies").status_code == 405
+        assert httpx.put(f"{server.origin}/v1/studies").status_code == 405  # upsert is v2
     with pytest.raises(RuntimeError):
         _ = server.port
     with server:  # a stopped server starts again
@@ -894,3 +895,36 @@ def test_the_emulator_works_on_trio(seed_files: list[Path]) -> None:
             assert len(await client.search_for_instances(STUDY)) == 3
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+async def test_thumbnails_at_every_level(
+    emulator: AzureDicomEmulator, front: str, seed_files: list[Path]
+) -> None:
+    import io
+
+    from PIL import Image
+
+    async with connect(emulator, front) as client:
+        assert (await client.store_instances(seed_files)).ok
+        images = [
+            await client.retrieve_study_thumbnail(STUDY),
+            await client.retrieve_series_thumbnail(STUDY, RED_SERIES),
+            await client.retrieve_instance_thumbnail(STUDY, RED_SERIES, RED),
+            await client.retrieve_instance_frames_thumbnail(STUDY, RED_SERIES, RED, [1]),
+        ]
+        small = await client.retrieve_instance_thumbnail(
+            STUDY, RED_SERIES, RED, media_types=["image/png"], params={"viewport": (32, 32)}
+        )
+        rendered = await client.retrieve_instance_rendered(
+            STUDY, RED_SERIES, RED, params={"viewport": (200, 100)}
+        )
+        with pytest.raises(NotFoundError):
+            await client.retrieve_instance_frames_thumbnail(STUDY, RED_SERIES, RED, [2])
+    for data in images:
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "JPEG" and max(image.size) == 128  # 985 x 979, scaled down
+    with Image.open(io.BytesIO(small)) as image:
+        assert image.format == "PNG" and max(image.size) == 32
+    with Image.open(io.BytesIO(rendered)) as image:
+        assert image.size[1] == 100 and image.size[0] <= 200  # fits the viewport, same aspect

@@ -17,7 +17,7 @@ import httpx
 import pydicom
 import pytest
 
-from dicomweb_async import AsyncDICOMwebClient, RetryPolicy
+from dicomweb_async import AsyncDICOMwebClient, RetryPolicy, ServerError
 from tests.loopback_server import LoopbackServer, write_instance_files
 from tests.relay import Relay
 
@@ -160,3 +160,16 @@ async def test_slow_transfers_that_keep_moving_are_never_cut_by_a_deadline(
     assert uploaded > 2.25 and downloaded > 2.25, (uploaded, downloaded)
     (outcome,) = down.downloaded
     assert outcome.path is not None and outcome.path.read_bytes() == files[0].read_bytes()
+
+
+async def test_a_deadline_stops_the_retries_of_a_request(server: LoopbackServer) -> None:
+    server.fail_next(10, 503, retry_after=1, method="GET")
+    policy = RetryPolicy(attempts=10, deadline=1.5)
+    async with AsyncDICOMwebClient(server.url, retry=policy) as client:
+        started = anyio.current_time()
+        with pytest.raises(ServerError):
+            await client.search_for_studies()
+        elapsed = anyio.current_time() - started
+    # The first retry waits 1 s; a second would end after 2 s, past the deadline.
+    assert [r.status for r in server.requests] == [503, 503]
+    assert 0.9 < elapsed < 1.5

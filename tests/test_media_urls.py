@@ -211,9 +211,9 @@ def test_check_uid_rejects(uid: str) -> None:
         check_uid(uid)
 
 
-@pytest.mark.parametrize("uid", [None, 12, 1.2, b"1.2"])
-def test_check_uid_rejects_non_strings(uid: object) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("uid", [None, 12, 1.2, b"1.2", ["1.2.3"]])
+def test_check_uid_rejects_non_strings_with_a_type_error(uid: object) -> None:
+    with pytest.raises(TypeError, match="must be a str"):
         check_uid(uid)  # type: ignore[arg-type]
 
 

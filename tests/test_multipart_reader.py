@@ -28,7 +28,7 @@ from dicomweb_async import (
     ProtocolError,
     SinglePartReader,
 )
-from dicomweb_async._core.multipart_reader import make_reader
+from dicomweb_async._core.multipart_reader import BoundarySniffer, make_reader
 from dicomweb_async._core.multipart_writer import BodyPart, MultipartWriter
 
 BOUNDARY = "dwa-test-7f3a91c2"
@@ -769,9 +769,10 @@ def test_invalid_boundary(boundary: str) -> None:
         "multipart/related; boundary=",
     ],
 )
-def test_multipart_without_boundary(content_type: str) -> None:
+def test_multipart_without_boundary_is_sniffed(content_type: str) -> None:
+    assert isinstance(make_reader(content_type), BoundarySniffer)
     with pytest.raises(MultipartError, match="boundary"):
-        make_reader(content_type)
+        MultipartReader("")
 
 
 # -- single-part bodies -------------------------------------------------------------------
@@ -924,3 +925,31 @@ def test_bytes_like_input_yields_bytes(kind) -> None:
         data = [e.data for e in events if isinstance(e, PartData)]
         assert b"".join(data) == b"payload"
         assert all(type(d) is bytes for d in data)
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+def test_a_missing_boundary_is_taken_from_the_first_delimiter_line(piece: int) -> None:
+    body = (
+        b"\r\n--abc123\r\nContent-Type: application/dicom\r\n\r\nfirst"
+        b"\r\n--abc123\r\nContent-Type: application/dicom\r\n\r\nsecond\r\n--abc123--\r\n"
+    )
+    reader = make_reader('multipart/related; type="application/dicom"')
+    events = []
+    for start in range(0, len(body), piece):
+        events += list(reader.feed(body[start : start + piece]))
+    events += list(reader.finish())
+    data: dict[int, bytes] = {}
+    for event in events:
+        if isinstance(event, PartData):
+            data[event.index] = data.get(event.index, b"") + event.data
+    assert data == {0: b"first", 1: b"second"}
+
+
+def test_a_body_that_is_not_multipart_after_all_is_one_part() -> None:
+    body = b"\0" * 128 + b"DICM" + b"rest of an instance" * 100
+    reader = make_reader('multipart/related; type="application/dicom"', content_length=len(body))
+    events = list(reader.feed(body[:500])) + list(reader.feed(body[500:]))
+    events += list(reader.finish())
+    starts = [e for e in events if isinstance(e, PartStart)]
+    assert len(starts) == 1 and starts[0].headers.content_type.mime == "application/dicom"
+    assert b"".join(e.data for e in events if isinstance(e, PartData)) == body

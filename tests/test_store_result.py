@@ -407,3 +407,37 @@ def test_should_retry_error(
 ) -> None:
     policy = RetryPolicy(attempts=attempts, retry_connection_errors=connection_errors)
     assert policy.should_retry_error(attempt) is expected
+
+
+def test_the_bulk_policy() -> None:
+    policy = RetryPolicy.for_bulk()
+    assert policy.attempts == 8 and policy.deadline == 900.0
+    assert policy.max_backoff == 15.0 and policy.statuses == RetryPolicy().statuses
+    assert RetryPolicy.for_bulk(3, deadline=None) == RetryPolicy(
+        attempts=3, backoff=0.5, max_backoff=15.0, deadline=None
+    )
+    with pytest.raises(ValueError, match="at least 1"):
+        RetryPolicy.for_bulk(0)
+
+
+def test_deadline_bounds_the_waits() -> None:
+    policy = RetryPolicy(deadline=10.0)
+    assert policy.within_deadline(4.0, 6.0)
+    assert not policy.within_deadline(4.0, 6.5)
+    assert RetryPolicy().within_deadline(1e9, 1e9)
+
+
+def test_what_is_transient() -> None:
+    from dicomweb_async import HTTPStatusError, MultipartError, ProtocolError, TransportError
+    from dicomweb_async import TimeoutError as RequestTimeout
+
+    policy = RetryPolicy()
+    assert policy.is_transient(TransportError("connection reset"))
+    assert policy.is_transient(RequestTimeout("read timed out"))
+    assert policy.is_transient(MultipartError("body ended early", truncated=True))
+    assert not policy.is_transient(MultipartError("bad boundary"))
+    assert not policy.is_transient(ProtocolError("not JSON"))
+    assert policy.is_transient(HTTPStatusError("busy", status_code=503))
+    assert not policy.is_transient(HTTPStatusError("bad", status_code=400))
+    assert not policy.is_transient(ValueError("no"))
+    assert not RetryPolicy(retry_connection_errors=False).is_transient(TransportError("x"))

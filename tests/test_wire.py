@@ -324,6 +324,42 @@ async def test_stow_to_a_study_posts_to_its_path(
     assert [d for _, d in split_multipart(request.content, boundary)] == [s.data for s in seeds]
 
 
+async def test_external_metadata_goes_in_headers(
+    router: respx.MockRouter, client: AsyncDICOMwebClient, seeds: list[Seed]
+) -> None:
+    route = router.post("/studies").mock(return_value=json_response({}))
+    meta = router.get(f"{STUDY_PATH}/metadata").mock(return_value=json_response([]))
+    await client.store_instances(
+        [seeds[0].path],
+        external_metadata={"00191100": ("PN", "Doe^Jane"), "001912ff": ("CS", "X")},
+    )
+    await client.retrieve_study_metadata(STUDY, external_metadata=True)
+    headers = only_request(route).headers
+    assert headers["msdicom-meta-PN-00191100"] == "Doe^Jane"
+    assert headers["msdicom-meta-CS-001912FF"] == "X"
+    assert only_request(meta).headers["msdicom-request-meta"] == "true"
+
+
+@pytest.mark.parametrize("study", [None, STUDY])
+async def test_upsert_puts_the_same_body(
+    router: respx.MockRouter, client: AsyncDICOMwebClient, seeds: list[Seed], study: str | None
+) -> None:
+    path = STUDY_PATH if study else "/studies"
+    route = router.put(path).mock(return_value=json_response({}))
+    await client.store_instances([s.path for s in seeds], study_instance_uid=study, upsert=True)
+
+    request = only_request(route)
+    boundary = stow_boundary(request)
+    assert_wire(
+        request,
+        "PUT",
+        path,
+        accept=DICOM_JSON,
+        content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
+    assert [d for _, d in split_multipart(request.content, boundary)] == [s.data for s in seeds]
+
+
 @pytest.mark.parametrize("index", [0, 1, 2])
 async def test_stow_single_part_sends_the_file_as_application_dicom(
     router: respx.MockRouter, client: AsyncDICOMwebClient, seeds: list[Seed], index: int
@@ -921,6 +957,73 @@ async def test_rendered_png_on_request(
     )
     await client.retrieve_instance_rendered(STUDY, SERIES, INSTANCE, media_types=("image/png",))
     assert_wire(only_request(route), "GET", f"{INSTANCE_PATH}/rendered", accept="image/png")
+
+
+async def test_rendered_parameters_are_spelled_as_the_standard_says(
+    router: respx.MockRouter, client: AsyncDICOMwebClient
+) -> None:
+    route = router.get(f"{INSTANCE_PATH}/rendered").mock(
+        return_value=httpx.Response(200, headers={"Content-Type": "image/jpeg"}, content=JPEG)
+    )
+    params = {
+        "quality": 80,
+        "viewport": (512, 256),
+        "window": (40, 400, "linear"),
+        "annotation": ["patient", "technique"],
+    }
+    await client.retrieve_instance_rendered(STUDY, SERIES, INSTANCE, params=params)
+    assert_wire(
+        only_request(route),
+        "GET",
+        f"{INSTANCE_PATH}/rendered",
+        "quality=80&viewport=512,256&window=40,400,linear&annotation=patient,technique",
+        accept="image/jpeg",
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"quality": 0}, "1 to 100"),
+        ({"quality": "90"}, "1 to 100"),
+        ({"viewport": (512,)}, "2 or 6 values"),
+        ({"window": (40, 400)}, "3 values"),
+        ({"window": (40, 400, "cubic")}, "window function"),
+        ({"annotation": "everything"}, "patient, technique"),
+    ],
+)
+async def test_rendered_parameters_out_of_the_standard_are_refused(
+    router: respx.MockRouter, client: AsyncDICOMwebClient, params: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await client.retrieve_instance_rendered(STUDY, SERIES, INSTANCE, params=params)
+    assert not router.calls
+
+
+@pytest.mark.parametrize("level", ["study", "series", "instance", "frame"])
+async def test_thumbnails_of_each_level(
+    router: respx.MockRouter, client: AsyncDICOMwebClient, level: str
+) -> None:
+    paths = {
+        "study": f"{STUDY_PATH}/thumbnail",
+        "series": f"{STUDY_PATH}/series/{SERIES}/thumbnail",
+        "instance": f"{INSTANCE_PATH}/thumbnail",
+        "frame": f"{INSTANCE_PATH}/frames/2/thumbnail",
+    }
+    route = router.get(paths[level]).mock(
+        return_value=httpx.Response(200, headers={"Content-Type": "image/png"}, content=b"png")
+    )
+    calls = {
+        "study": lambda kw: client.retrieve_study_thumbnail(STUDY, **kw),
+        "series": lambda kw: client.retrieve_series_thumbnail(STUDY, SERIES, **kw),
+        "instance": lambda kw: client.retrieve_instance_thumbnail(STUDY, SERIES, INSTANCE, **kw),
+        "frame": lambda kw: client.retrieve_instance_frames_thumbnail(
+            STUDY, SERIES, INSTANCE, [2], **kw
+        ),
+    }
+    data = await calls[level]({"media_types": ["image/png"], "params": {"viewport": (64, 64)}})
+    assert data == b"png"
+    assert_wire(only_request(route), "GET", paths[level], "viewport=64,64", accept="image/png")
 
 
 async def test_frames_in_explicit_vr_little_endian(

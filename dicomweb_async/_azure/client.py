@@ -54,8 +54,8 @@ class AzureDICOMwebClient(AsyncDICOMwebClient):
     """
 
     def __init__(self, base_url: str, *, service_root: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("max_page_size", AZURE_MAX_PAGE_SIZE)
-        kwargs.setdefault("reject_implicit_vr", True)
+        # The service's page cap, request size and implicit VR refusal, among others.
+        kwargs.setdefault("profile", "azure")
         super().__init__(base_url, **kwargs)
         #: The versioned root of the service, without a partition.
         self.service_root = (service_root or base_url).rstrip("/")

@@ -42,10 +42,10 @@ from .._services import stow as _stow
 from .._services import wado as _wado
 from .._transport.parts import Part
 from .._transport.transport import Transport
-from .download import StudySources
+from .download import StudySources, of_study
 from .implicit_vr import to_explicit_vr
 from .journal import Journal, JournalEntry
-from .pipeline import Pipeline, put, taken
+from .pipeline import Pipeline, put, taken, two_passes
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
 
@@ -310,28 +310,18 @@ class CopyPipeline(Pipeline[CopyOutcome]):
         self.tracker.finish()
 
     async def _run(self, results: MemoryObjectSendStream[CopyOutcome]) -> None:
-        async with results:
-            send, receive = anyio.create_memory_object_stream[tuple[_Unit, int]](self.concurrency)
-            async with anyio.create_task_group() as tg:
-                with receive:
-                    tg.start_soon(self._plan, send, results.clone())
-                    for _ in range(self.concurrency):
-                        tg.start_soon(self._copy_units, receive.clone(), results.clone())
-            deferred, self._deferred = self._deferred, []
-            if not deferred:
-                return
-            logger.warning(
-                "%d instance(s) failed transiently after every retry; copying them once more",
-                len(deferred),
-            )
-            send, receive = anyio.create_memory_object_stream[tuple[_Unit, int]](self.concurrency)
-            async with anyio.create_task_group() as tg:
-                with receive:
-                    for _ in range(min(self.concurrency, len(deferred))):
-                        tg.start_soon(self._copy_units, receive.clone(), results.clone(), True)
-                async with send:
-                    for item in deferred:
-                        await put(send, item)
+        await two_passes(
+            results,
+            self.concurrency,
+            self._plan,
+            self._copy_units,
+            self._take_deferred,
+            "instance(s)",
+        )
+
+    def _take_deferred(self) -> list[tuple[_Unit, int]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
 
     # -- planning --------------------------------------------------------------------------
 
@@ -396,7 +386,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
             await self._emit(results, CopyOutcome(study, None, None, "failed", message=message))
             return {}
         by_series: dict[str, list[str]] = {}
-        for item in listing:
+        for item in of_study(listing, study):
             series, sop = first_value(item, _SERIES_TAG), first_value(item, _SOP_TAG)
             if series and sop:
                 by_series.setdefault(series, []).append(sop)

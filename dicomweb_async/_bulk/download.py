@@ -31,11 +31,11 @@ from .._services import qido as _qido
 from .._services import wado as _wado
 from .._services.download import ByteBudget, DownloadedInstance, save_parts
 from .._transport.transport import Transport
-from .pipeline import Pipeline, put, taken
+from .pipeline import Pipeline, put, taken, two_passes
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
 
-__all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources"]
+__all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources", "of_study"]
 
 logger = logging.getLogger("dicomweb_async")
 
@@ -45,6 +45,7 @@ StudySources = str | Iterable[str] | AsyncIterable[str]
 DownloadStatus = Literal["downloaded", "skipped", "failed"]
 
 _SERIES_TAG = "0020000E"
+_STUDY_TAG = "0020000D"
 # Received bytes that all downloads of a pipeline together may hold before the disk.
 _PENDING_BYTES = 32 * 1024 * 1024
 _SOP_TAG = "00080018"
@@ -213,30 +214,18 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         tg.start_soon(self._run, results.clone())
 
     async def _run(self, results: MemoryObjectSendStream[DownloadOutcome]) -> None:
-        async with results:
-            unit_send, unit_recv = anyio.create_memory_object_stream[tuple[_Unit, int]](
-                self.concurrency
-            )
-            async with anyio.create_task_group() as tg:
-                with unit_recv:
-                    tg.start_soon(self._plan, unit_send, results.clone())
-                    for _ in range(self.concurrency):
-                        tg.start_soon(self._fetch_units, unit_recv.clone(), results.clone())
-            deferred, self._deferred = self._deferred, []
-            if not deferred:
-                return
-            logger.warning(
-                "%d request(s) failed transiently after every retry; asking once more",
-                len(deferred),
-            )
-            send, receive = anyio.create_memory_object_stream[tuple[_Unit, int]](self.concurrency)
-            async with anyio.create_task_group() as tg:
-                with receive:
-                    for _ in range(min(self.concurrency, len(deferred))):
-                        tg.start_soon(self._fetch_units, receive.clone(), results.clone(), True)
-                async with send:
-                    for item in deferred:
-                        await put(send, item)
+        await two_passes(
+            results,
+            self.concurrency,
+            self._plan,
+            self._fetch_units,
+            self._take_deferred,
+            "request(s)",
+        )
+
+    def _take_deferred(self) -> list[tuple[_Unit, int]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
 
     async def _close(self) -> None:
         self.tracker.finish()
@@ -277,7 +266,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                     )
                     continue
                 by_series: dict[str, list[str]] = {}
-                for item in listing:
+                for item in of_study(listing, study, self.series):
                     series = first_value(item, _SERIES_TAG)
                     sop = first_value(item, _SOP_TAG)
                     if series and sop:
@@ -445,6 +434,30 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                     ),
                 )
             return
+
+
+def of_study(
+    listing: list[dict[str, object]], study: str, series: str | None = None
+) -> list[dict[str, object]]:
+    """The entries of an instance listing that belong to ``study`` (and ``series``).
+
+    A server that ignores the study in a search path answers with every instance it has;
+    taken as they come, one study's download would fetch the whole archive.
+    """
+    kept = [
+        item
+        for item in listing
+        if first_value(item, _STUDY_TAG) in (None, study)
+        and (series is None or first_value(item, _SERIES_TAG) in (None, series))
+    ]
+    if len(kept) < len(listing):
+        logger.warning(
+            "the listing of study %s held %d instance(s) of other studies or series; "
+            "the server seems to ignore the study in the search path, they are left out",
+            study,
+            len(listing) - len(kept),
+        )
+    return kept
 
 
 def _existing(folder: Path) -> dict[str, int]:

@@ -8,7 +8,8 @@ the results are exhausted cancels the tasks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -18,9 +19,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._core.groups import single_error
 
-__all__ = ["Pipeline", "put", "taken"]
+__all__ = ["Pipeline", "put", "taken", "two_passes"]
+
+logger = logging.getLogger("dicomweb_async")
 
 T = TypeVar("T")
+W = TypeVar("W")
 P = TypeVar("P", bound="Pipeline[Any]")
 
 
@@ -51,6 +55,49 @@ async def taken(stream: MemoryObjectReceiveStream[T]) -> AsyncIterator[T]:
         except anyio.EndOfStream:
             return
         yield item
+
+
+async def two_passes(
+    results: MemoryObjectSendStream[T],
+    concurrency: int,
+    produce: Callable[
+        [MemoryObjectSendStream[W], MemoryObjectSendStream[T]], Coroutine[Any, Any, None]
+    ],
+    work: Callable[
+        [MemoryObjectReceiveStream[W], MemoryObjectSendStream[T], bool],
+        Coroutine[Any, Any, None],
+    ],
+    take_deferred: Callable[[], list[W]],
+    what: str,
+) -> None:
+    """Run a bulk job: a producer feeding ``concurrency`` workers, then one final pass.
+
+    The workers set aside (``take_deferred`` hands over) the work that failed transiently
+    after every retry; once everything else is done, it is done once more, by workers told
+    it is the last pass (``work(..., True)``), which report what fails again as failed.
+    Closes ``results`` (a clone of its own) at the end.
+    """
+    async with results:
+        send, receive = anyio.create_memory_object_stream[W](concurrency)
+        async with anyio.create_task_group() as tg:
+            with receive:
+                tg.start_soon(produce, send, results.clone())
+                for _ in range(concurrency):
+                    tg.start_soon(work, receive.clone(), results.clone(), False)
+        deferred = take_deferred()
+        if not deferred:
+            return
+        logger.warning(
+            "%d %s failed transiently after every retry; one more pass", len(deferred), what
+        )
+        send, receive = anyio.create_memory_object_stream[W](concurrency)
+        async with anyio.create_task_group() as tg:
+            with receive:
+                for _ in range(min(concurrency, len(deferred))):
+                    tg.start_soon(work, receive.clone(), results.clone(), True)
+            async with send:
+                for item in deferred:
+                    await put(send, item)
 
 
 class Pipeline(Generic[T]):

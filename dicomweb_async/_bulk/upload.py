@@ -30,7 +30,7 @@ from .._services import stow as _stow
 from .._transport.transport import Transport
 from .implicit_vr import to_explicit_vr
 from .journal import Journal, JournalEntry
-from .pipeline import Pipeline, put, taken
+from .pipeline import Pipeline, put, taken, two_passes
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
 from .scan import ScannedFile, Unreadable, iter_paths, scan_file
@@ -191,6 +191,8 @@ class UploadPipeline(Pipeline[FileOutcome]):
     convert_implicit_vr : bool
         With ``reject_implicit_vr``, re-encode such files as explicit VR little endian
         and send that instead (each is read whole into memory).
+    upsert : bool
+        ``PUT`` instead of ``POST``: instances the server has are replaced.
     """
 
     def __init__(
@@ -205,6 +207,7 @@ class UploadPipeline(Pipeline[FileOutcome]):
         retry: RetryPolicy | None = None,
         reject_implicit_vr: bool = False,
         convert_implicit_vr: bool = False,
+        upsert: bool = False,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -227,6 +230,7 @@ class UploadPipeline(Pipeline[FileOutcome]):
         self.result_buffer = 4 * concurrency
         self.reject_implicit_vr = reject_implicit_vr
         self.convert_implicit_vr = convert_implicit_vr
+        self.upsert = upsert
         self.inputs = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -239,32 +243,18 @@ class UploadPipeline(Pipeline[FileOutcome]):
         tg.start_soon(self._run, results.clone())
 
     async def _run(self, results: MemoryObjectSendStream[FileOutcome]) -> None:
-        async with results:
-            batch_send, batch_recv = anyio.create_memory_object_stream[_Request](self.concurrency)
-            async with anyio.create_task_group() as tg:
-                with batch_recv:
-                    tg.start_soon(self._produce, batch_send, results.clone())
-                    for _ in range(self.concurrency):
-                        tg.start_soon(self._send_batches, batch_recv.clone(), results.clone())
-            await self._final_pass(results)
-
-    async def _final_pass(self, results: MemoryObjectSendStream[FileOutcome]) -> None:
-        """Send once more what failed transiently; what fails now is reported failed."""
-        deferred, self._deferred = self._deferred, []
-        if not deferred:
-            return
-        logger.warning(
-            "%d request(s) failed transiently after every retry; sending them once more",
-            len(deferred),
+        await two_passes(
+            results,
+            self.concurrency,
+            self._produce,
+            self._send_batches,
+            self._take_deferred,
+            "request(s)",
         )
-        send, receive = anyio.create_memory_object_stream[_Request](self.concurrency)
-        async with anyio.create_task_group() as tg:
-            with receive:
-                for _ in range(min(self.concurrency, len(deferred))):
-                    tg.start_soon(self._send_batches, receive.clone(), results.clone(), True)
-            async with send:
-                for request in deferred:
-                    await put(send, request)
+
+    def _take_deferred(self) -> list[_Request]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
 
     async def _close(self) -> None:
         if self.journal is not None and self._own_journal:
@@ -392,7 +382,9 @@ class UploadPipeline(Pipeline[FileOutcome]):
             attempt += 1
             with count_attempts() as tries:
                 try:
-                    result = await _stow.store(self._transport, await self._items(todo))
+                    result = await _stow.store(
+                        self._transport, await self._items(todo), upsert=self.upsert
+                    )
                 except (DICOMwebError, OSError) as exc:
                     if not final and self.retry.attempts > 1 and self.retry.is_transient(exc):
                         self._deferred.append((todo, prior + tries.value))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .. import PROFILES
 from .connection import URL_ENV
 
 __all__ = ["build_parser", "check_command", "parse_filters", "parse_frames", "parse_size"]
@@ -176,6 +177,12 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
         "--password-env", metavar="VAR", default=default(None), help="read the password from VAR"
     )
     group.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=default(None),
+        help="what the server accepts (default generic); e.g. orthanc refuses DELETE early",
+    )
+    group.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -279,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="record confirmed instances in FILE; a re-run with it skips them "
         "(with --workers, --scheduler or --ray: a folder of per-shard journals)",
     )
+    upload.add_argument(
+        "--upsert",
+        action="store_true",
+        help="replace instances the server has (PUT; the Azure DICOM service, API v2)",
+    )
     _add_retry_option(upload, positive)
     _add_cluster_options(upload, positive)
 
@@ -324,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(f"--{side}-user", metavar="USER", help="Basic auth user")
         group.add_argument(
             f"--{side}-password-env", metavar="VAR", help="read the Basic auth password from VAR"
+        )
+        group.add_argument(
+            f"--{side}-profile",
+            choices=sorted(PROFILES),
+            help=f"what the {where} accepts (default generic; azure with --{side}-azure)",
         )
         group.add_argument(
             f"--{side}-azure",
@@ -447,7 +464,7 @@ def check_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.command == "copy":
         given = [
             "--" + n.replace("_", "-")
-            for n in ("url", "token", "token_env", "user", "password", "password_env")
+            for n in ("url", "token", "token_env", "user", "password", "password_env", "profile")
             if getattr(args, n, None)
         ]
         if given:

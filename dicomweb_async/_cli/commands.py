@@ -104,6 +104,7 @@ async def upload(ctx: Context) -> bool:
             journal=args.journal,
             progress=ctx.console.progress,
             retry=bulk_retry(args),
+            upsert=args.upsert,
         )
     for line in upload_summary(report):
         ctx.print(ctx.console.redact(line))

@@ -28,6 +28,7 @@ class Side:
     auth: AuthLike
     azure: bool
     auth_kind: str
+    profile: str | None = None
 
 
 def _side(
@@ -42,6 +43,7 @@ def _side(
     user = getattr(args, f"{side}_user")
     password_env = getattr(args, f"{side}_password_env")
     azure = bool(getattr(args, f"{side}_azure"))
+    profile: str | None = getattr(args, f"{side}_profile")
     if sum(map(bool, (token_env, user, azure))) > 1:
         parser.error(f"give one of --{side}-token-env, --{side}-user and --{side}-azure")
     if password_env and not user:
@@ -51,7 +53,7 @@ def _side(
         if not token:
             parser.error(f"environment variable {token_env} (--{side}-token-env) is not set")
         redact.add(token)
-        return Side(url, token, False, "bearer token")
+        return Side(url, token, False, "bearer token", profile)
     if user:
         if not password_env:
             parser.error(f"--{side}-user needs --{side}-password-env VAR")
@@ -59,10 +61,10 @@ def _side(
         if password is None:
             parser.error(f"environment variable {password_env} (--{side}-password-env) is not set")
         redact.add(password)
-        return Side(url, (user, password), False, f"basic auth as {user}")
+        return Side(url, (user, password), False, f"basic auth as {user}", profile)
     if azure:
-        return Side(url, None, True, "azure-identity")
-    return Side(url, None, False, "none")
+        return Side(url, None, True, "azure-identity", profile)
+    return Side(url, None, False, "none", profile)
 
 
 def resolve_sides(
@@ -76,14 +78,14 @@ def resolve_sides(
 async def _client(side: Side, max_connections: int) -> AsyncIterator[AsyncDICOMwebClient]:
     if not side.azure:
         async with AsyncDICOMwebClient(
-            side.url, auth=side.auth, max_connections=max_connections
+            side.url, auth=side.auth, max_connections=max_connections, profile=side.profile
         ) as client:
             yield client
         return
     identity: Any = importlib.import_module("azure.identity.aio")
     async with identity.DefaultAzureCredential() as credential:
         client = AsyncDICOMwebClient.for_azure(
-            side.url, credential, max_connections=max_connections
+            side.url, credential, max_connections=max_connections, profile=side.profile or "azure"
         )
         async with client:
             yield client

@@ -65,6 +65,7 @@ async def _run(args: argparse.Namespace, settings: Settings, console: Console, o
         settings.url,
         auth=settings.auth,
         max_connections=max(DEFAULT_MAX_CONNECTIONS, concurrency),
+        profile=getattr(args, "profile", None),
     ) as client:
         command = _COMMANDS[args.what if args.command == "retrieve" else args.command]
         ok = await command(commands.Context(args, client, console, out))
@@ -155,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command != "copy" and sharded.sharded(args):
                 if settings.ask_password_for is not None:
                     parser.error("a cluster takes a bearer token, not --user")
+                if args.command == "upload" and args.upsert:
+                    parser.error("--upsert does not combine with a cluster")
                 if args.command == "download" and not args.skip_existing:
                     parser.error("--no-skip-existing does not combine with a cluster")
                 args.target = sharded.target(args, settings.url, settings.auth, parser)

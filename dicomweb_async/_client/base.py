@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from .._core.media import MediaTypeSpec, accept_header
+from .._core.profiles import ServerProfile, resolve_profile
 from .._core.retry import RetryPolicy
 from .._services import qido as _qido
 from .._services import wado as _wado
@@ -74,10 +75,12 @@ class ClientBase:
         reader_limits: ReaderLimits | None = None,
         original_on_406: bool = False,
         max_page_size: int | None = None,
-        reject_implicit_vr: bool = False,
+        reject_implicit_vr: bool | None = None,
         engine: Engine = "auto",
         trust_env: bool = True,
+        profile: str | ServerProfile | None = None,
     ):
+        self.profile = resolve_profile(profile)
         self.base_url = base_url.rstrip("/")
         built_auth = _build_auth(auth)
         if http_client is None:
@@ -100,15 +103,25 @@ class ClientBase:
             if headers:
                 client.headers.update(headers)
         self._transport = Transport(
-            self.base_url, client, owns_client=owns, retry=retry or RetryPolicy()
+            self.base_url,
+            client,
+            owns_client=owns,
+            retry=retry or RetryPolicy(),
+            quote_multipart_type=self.profile.quote_multipart_type,
         )
         # Bulk transfers are more patient than single calls, unless told otherwise.
         self._bulk_retry = retry or RetryPolicy.for_bulk()
         self.max_connections: int | None = max_connections if owns else None
         self._limits = reader_limits or ReaderLimits()
         self.original_on_406 = original_on_406
-        self.max_page_size = max_page_size
-        self.reject_implicit_vr = reject_implicit_vr
+        self.max_page_size = (
+            max_page_size if max_page_size is not None else (self.profile.max_page_size)
+        )
+        self.reject_implicit_vr = (
+            reject_implicit_vr
+            if reject_implicit_vr is not None
+            else self.profile.implicit_vr is False
+        )
 
     @classmethod
     def for_azure(
@@ -196,6 +209,10 @@ class ClientBase:
         limit: int | None = None,
         **kwargs: Any,
     ) -> _qido.SearchParams:
+        if kwargs.get("fields"):
+            self.profile.refuse("includefield", "includefield (fields=...)")
+        if kwargs.get("fuzzymatching"):
+            self.profile.refuse("fuzzy_matching", "fuzzymatching=True")
         cap = self.max_page_size
         if cap is not None and (limit is None or limit > cap):
             # Azure answers 400 above 200; a smaller page and more of them gives the
@@ -229,6 +246,14 @@ class ClientBase:
             limits=self._limits,
             fallback_accept=self._fallback_accept(media_types, default),
         )
+
+    def _check_request_bytes(self, max_request_bytes: int | None) -> None:
+        largest = self.profile.max_request_bytes
+        if max_request_bytes is not None and largest is not None and max_request_bytes > largest:
+            raise ValueError(
+                f"max_request_bytes={max_request_bytes} is more than the {self.profile.name!r} "
+                f"server profile's largest request, {largest} bytes"
+            )
 
     def _check_concurrency(self, concurrency: int) -> None:
         if self.max_connections is not None and concurrency > self.max_connections:

@@ -6,12 +6,15 @@ from .download import DownloadMethods
 from .retrieve import RetrieveMethods
 from .search import SearchMethods
 from .store import StoreMethods
+from .worklist import WorklistMethods
 
 __all__ = ["AsyncDICOMwebClient"]
 
 
-class AsyncDICOMwebClient(SearchMethods, RetrieveMethods, DownloadMethods, StoreMethods):
-    """Asyncio client for a DICOMweb server (QIDO-RS, WADO-RS, STOW-RS, DELETE).
+class AsyncDICOMwebClient(
+    SearchMethods, RetrieveMethods, DownloadMethods, StoreMethods, WorklistMethods
+):
+    """Asyncio client for a DICOMweb server (QIDO-RS, WADO-RS, STOW-RS, DELETE, UPS-RS).
 
     Method names and parameters follow dicomweb-client's ``DICOMClient``; here they are
     awaited, and ``iter_*`` methods are async iterators. Downloads and uploads stream:
@@ -47,10 +50,11 @@ class AsyncDICOMwebClient(SearchMethods, RetrieveMethods, DownloadMethods, Store
         for the stored one (``transfer-syntax=*``) instead of raising.
     max_page_size : int, optional
         Largest QIDO-RS ``limit`` the server accepts (Azure: 200); larger limits are
-        lowered to it and paging continues where it stopped.
-    reject_implicit_vr : bool
+        lowered to it and paging continues where it stopped. Default: the profile's.
+    reject_implicit_vr : bool, optional
         Refuse, before upload, files in implicit VR little endian, which some servers
-        (Azure) reject; ``store_folder`` can convert them instead.
+        (Azure) reject; ``store_folder`` can convert them instead. Default: the
+        profile's (True for ``azure``).
     engine : {"auto", "aiohttp", "httpcore"}
         The HTTP engine under httpx in the client created here: ``"auto"`` takes aiohttp
         on asyncio (the fastest) and httpcore on trio; the environment variable
@@ -59,6 +63,11 @@ class AsyncDICOMwebClient(SearchMethods, RetrieveMethods, DownloadMethods, Store
         Take proxies from ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and
         ``NO_PROXY`` (and, as httpx does, certificate and ``.netrc`` settings), on every
         engine.
+    profile : str or ServerProfile, optional
+        What the server accepts: ``"generic"`` (default), ``"azure"``, ``"orthanc"``,
+        ``"dcm4chee"``, ``"google"``, ``"aws-healthimaging"`` (see :data:`PROFILES`), or
+        a :class:`ServerProfile`. Requests a profile knows the server refuses (DELETE on
+        Orthanc, thumbnails on Azure) raise ``ValueError`` before anything is sent.
 
     Examples
     --------

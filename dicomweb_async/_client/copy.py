@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._bulk.copy import SPOOL_BYTES, CopyPipeline, CopyReport
-from .._bulk.download import StudySources
+from .._bulk.download import StudySources, of_study
 from .._bulk.journal import Journal
 from .._bulk.progress import ProgressCallback
 from .._bulk.report import run_to_report
@@ -48,6 +48,7 @@ def copy_pipeline(
     """
     for client in (source, destination):
         client._check_concurrency(concurrency)
+    destination._check_request_bytes(max_request_bytes)
     if convert_implicit_vr is None:
         convert_implicit_vr = destination.reject_implicit_vr
     return CopyPipeline(
@@ -188,7 +189,7 @@ class StudyDifference:
 async def _instances(client: ClientBase, study: str) -> set[str]:
     params = _qido.SearchParams("instances", study, None)
     found = await _qido.search(client._transport, params, get_remaining=True)
-    return {sop for sop in (first_value(item, _SOP_TAG) for item in found) if sop}
+    return {sop for sop in (first_value(item, _SOP_TAG) for item in of_study(found, study)) if sop}
 
 
 async def verify_copy(

@@ -157,15 +157,24 @@ class RetrieveMethods(ClientBase):
             return found
 
     async def retrieve_study_metadata(
-        self, study_instance_uid: str, *, request_original: bool = False
+        self,
+        study_instance_uid: str,
+        *,
+        request_original: bool = False,
+        external_metadata: bool = False,
     ) -> list[JSONDict]:
         """Metadata of every instance of a study, as DICOM JSON.
 
         ``request_original=True`` sends ``msdicom-request-original: true``: Azure then
-        returns the metadata as it was before a bulk update.
+        returns the metadata as it was before a bulk update. ``external_metadata=True``
+        sends ``msdicom-request-meta: true``: Azure (API v2) adds the external metadata
+        stored with the study (see ``store_instances(external_metadata=...)``).
         """
         return await _wado.retrieve_metadata(
-            self._transport, study_path(study_instance_uid), request_original=request_original
+            self._transport,
+            study_path(study_instance_uid),
+            request_original=request_original,
+            external=external_metadata,
         )
 
     async def retrieve_series_metadata(
@@ -174,12 +183,14 @@ class RetrieveMethods(ClientBase):
         series_instance_uid: str,
         *,
         request_original: bool = False,
+        external_metadata: bool = False,
     ) -> list[JSONDict]:
-        """Metadata of every instance of a series, as DICOM JSON."""
+        """Metadata of every instance of a series (see :meth:`retrieve_study_metadata`)."""
         return await _wado.retrieve_metadata(
             self._transport,
             series_path(study_instance_uid, series_instance_uid),
             request_original=request_original,
+            external=external_metadata,
         )
 
     async def retrieve_instance_metadata(
@@ -189,12 +200,14 @@ class RetrieveMethods(ClientBase):
         sop_instance_uid: str,
         *,
         request_original: bool = False,
+        external_metadata: bool = False,
     ) -> JSONDict:
-        """Metadata of one instance, as a DICOM JSON dict."""
+        """Metadata of one instance, as a DICOM JSON dict (see :meth:`retrieve_study_metadata`)."""
         items = await _wado.retrieve_metadata(
             self._transport,
             instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
             request_original=request_original,
+            external=external_metadata,
         )
         if not items:
             raise ProtocolError("instance metadata response is an empty array")
@@ -328,6 +341,70 @@ class RetrieveMethods(ClientBase):
             frame_numbers,
         )
         return await self._rendered(f"{path}/rendered", media_types, params)
+
+    async def retrieve_study_thumbnail(
+        self,
+        study_instance_uid: str,
+        media_types: MediaTypes = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """A small image standing for a study (PS3.18 thumbnail resource).
+
+        Parameters
+        ----------
+        study_instance_uid : str
+        media_types : sequence of str, optional
+            Image types (default ``image/jpeg``); the rendered types are allowed.
+        params : mapping, optional
+            ``viewport`` (``(width, height)``), ``quality`` and the other rendered
+            parameters; the server picks the size without a viewport.
+        """
+        self.profile.refuse("thumbnails", "thumbnails")
+        return await self._rendered(
+            f"{study_path(study_instance_uid)}/thumbnail", media_types, params
+        )
+
+    async def retrieve_series_thumbnail(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        media_types: MediaTypes = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """A small image standing for a series (see :meth:`retrieve_study_thumbnail`)."""
+        self.profile.refuse("thumbnails", "thumbnails")
+        path = series_path(study_instance_uid, series_instance_uid)
+        return await self._rendered(f"{path}/thumbnail", media_types, params)
+
+    async def retrieve_instance_thumbnail(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        media_types: MediaTypes = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """A small image of an instance (see :meth:`retrieve_study_thumbnail`)."""
+        self.profile.refuse("thumbnails", "thumbnails")
+        path = instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        return await self._rendered(f"{path}/thumbnail", media_types, params)
+
+    async def retrieve_instance_frames_thumbnail(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        frame_numbers: Sequence[int],
+        media_types: MediaTypes = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """A small image of frames of an instance (see :meth:`retrieve_study_thumbnail`)."""
+        self.profile.refuse("thumbnails", "thumbnails")
+        path = _wado.frames_path(
+            instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
+            frame_numbers,
+        )
+        return await self._rendered(f"{path}/thumbnail", media_types, params)
 
     async def retrieve_series_rendered(
         self,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .._bulk.journal import Journal
 from .._bulk.progress import ProgressCallback
 from .._bulk.report import run_to_report
 from .._bulk.upload import Sources, UploadPipeline, UploadReport
+from .._core.external_metadata import metadata_headers
 from .._core.multipart_writer import StoreItem
 from .._core.retry import RetryPolicy
 from .._core.store_result import StoreResult
@@ -33,6 +34,8 @@ class StoreMethods(ClientBase):
         study_instance_uid: str | None = None,
         *,
         single_part: bool = False,
+        upsert: bool = False,
+        external_metadata: Mapping[str, tuple[str, Any]] | None = None,
     ) -> StoreResult:
         """Store instances in one STOW-RS request.
 
@@ -45,6 +48,15 @@ class StoreMethods(ClientBase):
             POST to ``/studies/{study}``; the server refuses instances of other studies.
         single_part : bool
             Send one instance as a plain ``application/dicom`` body (Azure only).
+        upsert : bool
+            ``PUT`` instead of ``POST``: instances the server already has are replaced
+            instead of refused (the Azure DICOM service, API v2; other servers answer
+            405, raised as :class:`MethodNotAllowedError` saying so).
+        external_metadata : mapping, optional
+            ``{private tag: (VR, value)}``, e.g. ``{"00191100": ("PN", "Doe^Jane")}``:
+            study attributes kept beside the files, sent as ``msdicom-meta-{VR}-{tag}``
+            headers (the Azure DICOM service, API v2, on Data Lake storage). Checked before
+            sending: private tags only, the VRs the service takes, one-line values.
 
         Returns
         -------
@@ -54,12 +66,18 @@ class StoreMethods(ClientBase):
         """
         if study_instance_uid is not None:
             check_uid(study_instance_uid, "StudyInstanceUID")
+        if single_part:
+            self.profile.refuse("single_part_stow", "single-part STOW (single_part=True)")
+        if upsert:
+            self.profile.refuse("upsert", "upsert (PUT /studies)")
         return await _stow.store(
             self._transport,
             datasets,
             study_instance_uid,
             single_part=single_part,
             reject_implicit_vr=self.reject_implicit_vr,
+            upsert=upsert,
+            headers=metadata_headers(external_metadata) if external_metadata else None,
         )
 
     def upload_pipeline(
@@ -72,6 +90,7 @@ class StoreMethods(ClientBase):
         progress: ProgressCallback | None = None,
         convert_implicit_vr: bool = False,
         retry: RetryPolicy | None = None,
+        upsert: bool = False,
     ) -> UploadPipeline:
         """Upload files as they come; iterate their outcomes as they complete.
 
@@ -81,6 +100,9 @@ class StoreMethods(ClientBase):
         :meth:`store_folder`.
         """
         self._check_concurrency(concurrency)
+        self._check_request_bytes(max_request_bytes)
+        if upsert:
+            self.profile.refuse("upsert", "upsert (PUT /studies)")
         return UploadPipeline(
             self._transport,
             sources,
@@ -91,6 +113,7 @@ class StoreMethods(ClientBase):
             reject_implicit_vr=self.reject_implicit_vr,
             convert_implicit_vr=convert_implicit_vr,
             retry=retry or self._bulk_retry,
+            upsert=upsert,
         )
 
     async def store_folder(
@@ -103,6 +126,7 @@ class StoreMethods(ClientBase):
         progress: ProgressCallback | None = None,
         convert_implicit_vr: bool = False,
         retry: RetryPolicy | None = None,
+        upsert: bool = False,
     ) -> UploadReport:
         """Upload every DICOM file in folders (recursively) or in a list of paths.
 
@@ -130,6 +154,9 @@ class StoreMethods(ClientBase):
             :meth:`RetryPolicy.for_bulk` (eight tries, backoff up to 15 s, Retry-After
             honoured). Requests that still failed transiently are sent once more after
             all the others before the report is returned.
+        upsert : bool
+            ``PUT`` instead of ``POST`` (Azure API v2): instances the server has are
+            replaced, and reported as stored.
 
         Returns
         -------
@@ -155,22 +182,26 @@ class StoreMethods(ClientBase):
                 progress=progress,
                 convert_implicit_vr=convert_implicit_vr,
                 retry=retry,
+                upsert=upsert,
             ),
             UploadReport(),
         )
 
     async def delete_study(self, study_instance_uid: str) -> None:
         """Delete a study (``DELETE /studies/{study}``; not all servers offer it)."""
+        self.profile.refuse("delete", "DELETE")
         await _delete.delete(self._transport, study_path(study_instance_uid))
 
     async def delete_series(self, study_instance_uid: str, series_instance_uid: str) -> None:
         """Delete a series."""
+        self.profile.refuse("delete", "DELETE")
         await _delete.delete(self._transport, series_path(study_instance_uid, series_instance_uid))
 
     async def delete_instance(
         self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
     ) -> None:
         """Delete an instance."""
+        self.profile.refuse("delete", "DELETE")
         await _delete.delete(
             self._transport,
             instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),

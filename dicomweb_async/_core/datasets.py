@@ -25,13 +25,17 @@ __all__ = ["ChunksFile", "dataset_from_json", "first_value", "read_dataset"]
 def first_value(item: Mapping[str, Any], tag: str) -> str | None:
     """The first value of attribute ``tag`` (8 hex digits) of a DICOM JSON dataset, as text.
 
-    None when the attribute is missing, has no values or is not a DICOM JSON element.
+    None when the attribute is missing, has no values or is not a DICOM JSON element. A
+    person name gives its alphabetic form (``Doe^Jane``).
     """
     element = item.get(tag)
     if isinstance(element, Mapping):
         values = element.get("Value")
         if isinstance(values, list) and values:
-            return str(values[0])
+            value = values[0]
+            if isinstance(value, Mapping):
+                return str(value.get("Alphabetic", "")) or None
+            return str(value)
     return None
 
 

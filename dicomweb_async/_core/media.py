@@ -144,6 +144,82 @@ def _format_one(mime: str, transfer_syntax: str | None, multipart: bool) -> str:
     return text
 
 
+#: What each kind of WADO-RS resource can be asked for (PS3.18 8.7.3, 8.7.4 and 8.7.5),
+#: keyed by the kind's default media type.
+INSTANCE_MEDIA_TYPES = frozenset({DICOM})
+BULK_MEDIA_TYPES = frozenset(
+    {
+        OCTET_STREAM,
+        "image/jpeg",
+        "image/jls",
+        "image/jp2",
+        "image/jpx",
+        "image/jxl",
+        "image/dicom-rle",
+        "video/mpeg",
+        "video/mp4",
+        "video/h265",
+    }
+)
+RENDERED_MEDIA_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/jp2",
+        "image/jxl",
+        "video/mpeg",
+        "video/mp4",
+        "video/h265",
+        "text/html",
+        "text/plain",
+        "text/xml",
+        "text/rtf",
+        "application/pdf",
+        # Not registered, but what the Azure DICOM service's own request collection asks
+        # for, and the service answers it.
+        "application/jpeg",
+    }
+)
+_ALLOWED_BY_DEFAULT = {
+    DICOM: ("instances (study, series, instance)", INSTANCE_MEDIA_TYPES),
+    OCTET_STREAM: ("frames and bulk data", BULK_MEDIA_TYPES),
+    "image/jpeg": ("rendered resources and thumbnails", RENDERED_MEDIA_TYPES),
+}
+
+
+def check_media_types(media_types: Sequence[MediaTypeSpec] | None, default: MediaTypeSpec) -> None:
+    """Refuse, before any request, media types the resource cannot be asked for.
+
+    Raises
+    ------
+    TypeError
+        If ``media_types`` is a string or holds something other than str and (str, str).
+    ValueError
+        If a media type is not one the kind of resource ``default`` belongs to allows.
+    """
+    if media_types is None:
+        return
+    if isinstance(media_types, str | bytes) or not isinstance(media_types, Sequence):
+        raise TypeError(
+            "media_types must be a sequence of media types or (media type, transfer syntax) "
+            f"pairs, not {type(media_types).__name__}: {media_types!r}"
+        )
+    kind = _ALLOWED_BY_DEFAULT.get(default[0] if isinstance(default, tuple) else default)
+    for spec in media_types:
+        pair = isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(x, str) for x in spec)
+        if not (isinstance(spec, str) or pair):
+            raise TypeError(
+                f"each media type is a str or a (media type, transfer syntax) pair, not {spec!r}"
+            )
+        mime = (spec[0] if isinstance(spec, tuple) else spec).strip().lower()
+        if kind is not None and mime not in kind[1]:
+            raise ValueError(
+                f"{mime!r} cannot be asked for from {kind[0]}; allowed: "
+                + ", ".join(sorted(kind[1]))
+            )
+
+
 def accept_header(
     media_types: Sequence[MediaTypeSpec] | None,
     *,
@@ -166,7 +242,13 @@ def accept_header(
     -------
     str
         Accept header value; several choices are joined with ``, `` in order of preference.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`check_media_types`, for types the resource cannot be asked for.
     """
+    check_media_types(media_types, default)
     specs: Iterable[MediaTypeSpec] = media_types or (default,)
     choices = []
     for spec in specs:

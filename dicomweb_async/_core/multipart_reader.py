@@ -13,6 +13,7 @@ The reader is fed bytes as they arrive and produces events:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,10 @@ import multipart
 from .exceptions import MultipartError
 from .media import MediaType, parse_media_type
 
+logger = logging.getLogger("dicomweb_async")
+
 __all__ = [
+    "BoundarySniffer",
     "Event",
     "MultipartReader",
     "PartData",
@@ -413,7 +417,7 @@ def make_reader(
     max_header_size: int = 16 * 1024,
     max_header_count: int = 32,
     max_parts: int | None = None,
-) -> MultipartReader | SinglePartReader:
+) -> MultipartReader | SinglePartReader | BoundarySniffer:
     """Choose the reader for a response by its Content-Type.
 
     Parameters
@@ -429,7 +433,8 @@ def make_reader(
 
     Returns
     -------
-    MultipartReader or SinglePartReader
+    MultipartReader, SinglePartReader or BoundarySniffer
+        The last for ``multipart/related`` without a boundary parameter.
     """
     mtype = parse_media_type(content_type)
     if mtype.is_multipart:
@@ -440,11 +445,99 @@ def make_reader(
             part_type = MediaType(
                 part_type.mime, {**part_type.params, "transfer-syntax": outer_syntax}
             )
+        if not mtype.boundary:
+            return BoundarySniffer(
+                part_type,
+                content_length=content_length,
+                headers=headers,
+                max_header_size=max_header_size,
+                max_header_count=max_header_count,
+                max_parts=max_parts,
+            )
         return MultipartReader(
-            mtype.boundary or "",
+            mtype.boundary,
             part_type=part_type,
             max_header_size=max_header_size,
             max_header_count=max_header_count,
             max_parts=max_parts,
         )
     return SinglePartReader(mtype, content_length, headers)
+
+
+class BoundarySniffer:
+    """The reader of a body labelled ``multipart/related`` without a ``boundary``.
+
+    Some servers leave the parameter out. The body's first delimiter line names the
+    boundary (``--<boundary>``); a body that does not start with one is not multipart
+    at all and is read as a single part of the ``type`` the label gave. The first bytes
+    are held until the first line is complete (at most 998 bytes, the longest a
+    delimiter line may be), then handed to the reader chosen.
+    """
+
+    _LONGEST_LINE = 998
+
+    def __init__(
+        self,
+        part_type: MediaType | None,
+        *,
+        content_length: int | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        max_header_size: int = 16 * 1024,
+        max_header_count: int = 32,
+        max_parts: int | None = None,
+    ):
+        self._part_type = part_type
+        self._content_length = content_length
+        self._headers = headers
+        self._limits = (max_header_size, max_header_count, max_parts)
+        self._held = b""
+        self._reader: MultipartReader | SinglePartReader | None = None
+
+    @property
+    def reader(self) -> MultipartReader | SinglePartReader | None:
+        """The reader chosen, once the first line has arrived."""
+        return self._reader
+
+    def _choose(self, final: bool) -> MultipartReader | SinglePartReader | None:
+        start = self._held.lstrip(b"\r\n")  # a preamble of blank lines is allowed
+        end = start.find(b"\r\n")
+        if end < 0 and not final and len(start) < self._LONGEST_LINE:
+            return None  # the first line is not complete yet
+        line = start if end < 0 else start[:end]
+        if line.startswith(b"--") and len(line) > 2:
+            boundary = line[2:].rstrip(b" \t").decode("latin-1")
+            logger.debug("multipart/related without a boundary: %r, from the body", boundary)
+            size, count, parts = self._limits
+            return MultipartReader(
+                boundary,
+                part_type=self._part_type,
+                max_header_size=size,
+                max_header_count=count,
+                max_parts=parts,
+            )
+        logger.debug(
+            "multipart/related without a boundary, and the body is not multipart: read as one part"
+        )
+        single = self._part_type or MediaType("application/dicom", {})
+        return SinglePartReader(single, self._content_length, self._headers)
+
+    def feed(self, data: bytes) -> Iterator[Event]:
+        """Parse ``data`` (see :meth:`MultipartReader.feed`)."""
+        if self._reader is not None:
+            return self._reader.feed(data)
+        self._held += data
+        self._reader = self._choose(final=False)
+        if self._reader is None:
+            return iter(())
+        held, self._held = self._held, b""
+        return self._reader.feed(held)
+
+    def finish(self) -> Iterator[Event]:
+        """Signal the end of the body (see :meth:`MultipartReader.finish`)."""
+        if self._reader is None:
+            self._reader = self._choose(final=True)
+            assert self._reader is not None
+            held, self._held = self._held, b""
+            events = list(self._reader.feed(held)) if held else []
+            return iter([*events, *self._reader.finish()])
+        return self._reader.finish()

@@ -42,8 +42,17 @@ def check_uid(uid: str, what: str = "UID") -> str:
         The value to check.
     what : str
         Name used in the error message (e.g. ``"StudyInstanceUID"``).
+
+    Raises
+    ------
+    TypeError
+        If ``uid`` is not a string (a list of UIDs where one is expected, say).
+    ValueError
+        If it is not a well-formed UID.
     """
-    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid) or ".." in uid:
+    if not isinstance(uid, str):
+        raise TypeError(f"{what} must be a str, not {type(uid).__name__}: {uid!r}")
+    if not _UID_RE.fullmatch(uid) or ".." in uid:
         raise ValueError(f"invalid {what}: {uid!r} (1-64 characters of digits, letters, '.', '-')")
     return uid
 
@@ -80,13 +89,15 @@ def search_path(level: str, study: str | None = None, series: str | None = None)
 
     Parameters
     ----------
-    level : {"studies", "series", "instances"}
-        What to search for.
+    level : {"studies", "series", "instances", "workitems"}
+        What to search for (``workitems``: the worklist, UPS-RS).
     study, series : str, optional
         Restrict the search to a study, or to a series of a study.
     """
     if level == "studies":
         return "/studies"
+    if level == "workitems":
+        return "/workitems"
     if level == "series":
         return f"{study_path(study)}/series" if study else "/series"
     if level == "instances":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -16,9 +17,16 @@ __all__ = ["SearchParams", "iter_search", "search"]
 
 JSONDict = dict[str, Any]
 
+logger = logging.getLogger("dicomweb_async")
+
 # The attribute that identifies a result at each level, for dropping repeats when data
 # arrives while paging (results come newest first on some servers).
-_KEY_TAG = {"studies": "0020000D", "series": "0020000E", "instances": "00080018"}
+_KEY_TAG = {
+    "studies": "0020000D",
+    "series": "0020000E",
+    "instances": "00080018",
+    "workitems": "00080018",
+}
 
 
 class SearchParams:
@@ -83,23 +91,36 @@ async def iter_search(
 ) -> AsyncIterator[JSONDict]:
     """Yield results page by page.
 
-    Paging stops on an empty page (or 204), or on a page shorter than ``limit``. Entries
-    already yielded are skipped when a later page repeats them.
+    Paging stops on an empty page (or 204), on a page shorter than ``limit``, or on a
+    page that brings nothing not seen before: a server that ignores ``offset`` answers
+    every page with the first, and would otherwise be asked forever. Entries already
+    yielded are skipped when a later page repeats them.
     """
     seen: set[str] = set()
     offset = params.offset
     while True:
         page = await _page(transport, params, offset)
+        new = 0
         for item in page:
             key = first_value(item, _KEY_TAG[params.level])
-            if key is not None:
-                if key in seen:
-                    continue
-                seen.add(key)
+            if key is None:  # no UID to tell entries apart: the whole entry does
+                key = json.dumps(item, sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            new += 1
             yield item
         if not get_remaining or not page:
             return
         if params.limit and len(page) < params.limit:
+            return
+        if not new:
+            logger.warning(
+                "GET %s: the page at offset %d repeats earlier results only; the server "
+                "seems to ignore offset, so paging stops here",
+                params.path,
+                offset,
+            )
             return
         offset += len(page)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from .._core.exceptions import ProtocolError, status_error_class
+from .._core.exceptions import MethodNotAllowedError, ProtocolError, status_error_class
 from .._core.implicit_vr import IMPLICIT_VR_MESSAGE, file_transfer_syntax, is_implicit_vr
 from .._core.media import DICOM_JSON
 from .._core.multipart_writer import BodyPart, StoreItem, body_part
@@ -40,6 +40,8 @@ async def store(
     *,
     single_part: bool = False,
     reject_implicit_vr: bool = False,
+    upsert: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> StoreResult:
     """Send one STOW-RS request and parse its answer.
 
@@ -55,6 +57,11 @@ async def store(
         ``multipart/related`` (non-standard; the Azure DICOM service accepts it).
     reject_implicit_vr : bool
         Raise ``ValueError`` before sending if a file is in implicit VR little endian.
+    upsert : bool
+        ``PUT`` instead of ``POST``: instances the server has are replaced (the Azure
+        DICOM service, API v2).
+    headers : dict, optional
+        Further request headers (Azure's external metadata).
     """
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
         raise TypeError("store_instances takes a sequence of paths, bytes or Datasets")
@@ -75,21 +82,35 @@ async def store(
     else:
         body = MultipartBody(parts)
     path = study_path(study_instance_uid) if study_instance_uid else "/studies"
-    headers = {"Accept": DICOM_JSON, **body.headers}
-    response, data = await transport.request(
-        "POST", path, headers=headers, body=body, ok=STORE_STATUSES
-    )
+    headers = {"Accept": DICOM_JSON, **(headers or {}), **body.headers}
+    method = "PUT" if upsert else "POST"
+    try:
+        response, data = await transport.request(
+            method, path, headers=headers, body=body, ok=STORE_STATUSES
+        )
+    except MethodNotAllowedError as exc:
+        if not upsert:
+            raise
+        raise MethodNotAllowedError(
+            f"the server does not take PUT {path}: upsert is an API of the Azure DICOM "
+            "service (v2); store without upsert=True on this server",
+            status_code=exc.status_code,
+            method=exc.method,
+            url=exc.url,
+            body_excerpt=exc.body_excerpt,
+            headers=exc.headers,
+        ) from exc
     try:
         return parse_store_response(response.status_code, data)
     except ProtocolError as exc:
         if response.status_code < 300:
-            exc.method, exc.url = "POST", response.url
+            exc.method, exc.url = method, response.url
             raise
         # A 409 without DICOM JSON is a plain error, not a per-instance result.
         raise status_error_class(response.status_code)(
             "Conflict",
             status_code=response.status_code,
-            method="POST",
+            method=method,
             url=response.url,
             body_excerpt=data[:300].decode("utf-8", "replace"),
             headers=response.headers,

@@ -14,6 +14,7 @@ import anyio
 
 from .._core.datasets import ChunksFile, read_dataset
 from .._core.exceptions import NotAcceptableError, ProtocolError
+from .._core.external_metadata import REQUEST_META_HEADER
 from .._core.media import DICOM, DICOM_JSON, OCTET_STREAM, MediaTypeSpec, accept_header
 from .._core.multipart_reader import make_reader
 from .._core.urls import build_query
@@ -162,11 +163,15 @@ async def dataset_from_part(part: Part, stream: PartStream) -> Dataset:
 
 def frames_path(instance: str, frame_numbers: Sequence[int]) -> str:
     """``{instance}/frames/1,2,...`` after checking the numbers are 1-based."""
+    if isinstance(frame_numbers, str | bytes) or not isinstance(frame_numbers, Sequence):
+        raise TypeError(f"frame_numbers must be a sequence of int, not {frame_numbers!r}")
     if not frame_numbers:
         raise ValueError("frame_numbers must not be empty")
     for n in frame_numbers:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"frame numbers are 1-based integers, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"frame numbers are int, not {type(n).__name__}: {n!r}")
+        if n < 1:
+            raise ValueError(f"frame numbers are 1-based, got {n!r}")
     return f"{instance}/frames/{','.join(str(n) for n in frame_numbers)}"
 
 
@@ -232,6 +237,7 @@ async def fetch_metadata(
     *,
     if_none_match: str | None = None,
     request_original: bool = False,
+    external: bool = False,
 ) -> Metadata:
     """GET ``{path}/metadata``, conditionally, optionally the pre-update version (Azure)."""
     headers = {"Accept": DICOM_JSON}
@@ -239,6 +245,8 @@ async def fetch_metadata(
         headers["If-None-Match"] = if_none_match
     if request_original:
         headers[ORIGINAL_VERSION_HEADER] = "true"
+    if external:
+        headers[REQUEST_META_HEADER] = "true"
     response, body = await transport.request(
         "GET", f"{path}/metadata", headers=headers, ok=(200, 304)
     )
@@ -249,10 +257,13 @@ async def fetch_metadata(
 
 
 async def retrieve_metadata(
-    transport: Transport, path: str, *, request_original: bool = False
+    transport: Transport, path: str, *, request_original: bool = False, external: bool = False
 ) -> list[dict[str, Any]]:
     """GET ``{path}/metadata`` as a list of DICOM JSON datasets."""
-    return (await fetch_metadata(transport, path, request_original=request_original)).items
+    fetched = await fetch_metadata(
+        transport, path, request_original=request_original, external=external
+    )
+    return fetched.items
 
 
 def _metadata_items(url: str, body: bytes) -> list[dict[str, Any]]:
@@ -269,6 +280,49 @@ def _metadata_items(url: str, body: bytes) -> list[dict[str, Any]]:
     return data
 
 
+_WINDOW_FUNCTIONS = frozenset({"linear", "linear-exact", "sigmoid"})
+
+
+def _numbers(name: str, value: Any, counts: tuple[int, ...]) -> list[Any]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or len(items) not in counts:
+        wanted = " or ".join(str(n) for n in counts)
+        raise ValueError(f"{name} takes {wanted} values, not {value!r}")
+    return list(items)
+
+
 def rendered_query(params: Mapping[str, Any] | None) -> str:
-    """Query string for rendered resources (quality, window, viewport...)."""
-    return build_query(params or {})
+    """Query string for rendered and thumbnail resources (PS3.18 8.3.5.1).
+
+    ``quality`` (1-100), ``viewport`` ((vw, vh) or (vw, vh, sx, sy, sw, sh)), ``window``
+    ((center, width, function), the function one of linear, linear-exact, sigmoid) and
+    ``annotation`` (``"patient"``, ``"technique"`` or both) are checked and written as
+    the standard spells them (comma-separated); other parameters go as they are.
+
+    Raises
+    ------
+    ValueError
+        If a standard parameter has a value the standard does not allow.
+    """
+    params = dict(params or {})
+    if "quality" in params:
+        quality = params["quality"]
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise ValueError(f"quality is an int from 1 to 100, not {quality!r}")
+    if "viewport" in params:
+        params["viewport"] = _numbers("viewport", params["viewport"], (2, 6))
+    if "window" in params:
+        window = _numbers("window", params["window"], (3,))
+        if str(window[2]).strip().lower() not in _WINDOW_FUNCTIONS:
+            raise ValueError(
+                f"the window function is one of {', '.join(sorted(_WINDOW_FUNCTIONS))}, "
+                f"not {window[2]!r}"
+            )
+        params["window"] = window
+    if "annotation" in params:
+        annotation = params["annotation"]
+        items = annotation.split(",") if isinstance(annotation, str) else list(annotation)
+        if not items or any(str(a).strip() not in ("patient", "technique") for a in items):
+            raise ValueError(f"annotation is patient, technique or both, not {annotation!r}")
+        params["annotation"] = items
+    return build_query(params)

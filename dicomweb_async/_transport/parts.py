@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from .._core.exceptions import MultipartError
 from .._core.multipart_reader import (
+    BoundarySniffer,
     Event,
     MultipartReader,
     PartData,
@@ -104,7 +105,7 @@ class PartStream:
     ----------
     chunks : async iterator of bytes
         The response body as it arrives.
-    reader : MultipartReader or SinglePartReader
+    reader : MultipartReader, SinglePartReader or BoundarySniffer
         The push parser for the response's Content-Type.
     method, url : str
         The request, named in errors.
@@ -119,7 +120,7 @@ class PartStream:
     def __init__(
         self,
         chunks: AsyncIterator[bytes],
-        reader: MultipartReader | SinglePartReader,
+        reader: MultipartReader | SinglePartReader | BoundarySniffer,
         *,
         method: str = "GET",
         url: str = "",

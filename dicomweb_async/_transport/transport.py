@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -183,6 +184,58 @@ async def _excerpt(response: httpx.Response) -> str:
     return text[:_EXCERPT_CHARS] + ("..." if len(text) > _EXCERPT_CHARS else "")
 
 
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_QUOTED_TYPE = re.compile(r'type="([^"]*)"')
+_MAX_HOPS = 5
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _port(url: httpx.URL) -> int | None:
+    return url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def _may_carry_credentials(source: httpx.URL, target: httpx.URL) -> bool:
+    """Whether a redirect stays within what the credentials were given for.
+
+    The same origin, or the same host upgraded from http to https on the default ports.
+    """
+    if source.host.lower() != target.host.lower():
+        return False
+    if source.scheme == target.scheme:
+        return _port(source) == _port(target)
+    upgrade = source.scheme == "http" and target.scheme == "https"
+    return upgrade and _port(source) == 80 and _port(target) == 443
+
+
+def _redirect_target(
+    response: httpx.Response, request: httpx.Request, replayable: bool
+) -> tuple[httpx.URL | None, str]:
+    """Where to follow a redirect, or None and why not.
+
+    Followed: redirects of safe requests on the same host (another port or the https
+    upgrade included), and of requests with a body only for 307 and 308 (which keep the
+    method and body) when the body can be sent again. Never to another host.
+    """
+    location = response.headers.get("location")
+    if not location:
+        return None, "no Location header"
+    try:
+        target = request.url.join(location)
+    except httpx.InvalidURL:
+        return None, "the Location is not a valid URL"
+    if target.scheme not in ("http", "https"):
+        return None, f"the Location's scheme is {target.scheme!r}"
+    if target.host.lower() != request.url.host.lower():
+        return None, "another host; give that URL as the base if it is meant"
+    if request.method not in _SAFE:
+        if response.status_code not in (307, 308):
+            return None, f"a {request.method} is re-sent only after 307 or 308"
+        if not replayable:
+            return None, "the request's body cannot be sent again"
+    return target, ""
+
+
 class Transport:
     """Sends requests relative to a base URL, with retries and error translation.
 
@@ -196,6 +249,9 @@ class Transport:
         Whether :meth:`aclose` closes ``client``.
     retry : RetryPolicy
         When to retry.
+    quote_multipart_type : bool
+        False writes ``type=...`` unquoted in multipart Accept headers, for servers that
+        want it so (the server profile's knob).
     """
 
     def __init__(
@@ -205,11 +261,13 @@ class Transport:
         *,
         owns_client: bool,
         retry: RetryPolicy,
+        quote_multipart_type: bool = True,
     ):
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.owns_client = owns_client
         self.retry = retry
+        self.quote_multipart_type = quote_multipart_type
         # Parsed URLs of the paths asked for again and again (``/studies`` for every
         # upload): parsing one costs more than the rest of building the request.
         self._urls: dict[str, httpx.URL] = {}
@@ -263,20 +321,34 @@ class Transport:
         stream = body if isinstance(body, httpx.AsyncByteStream) else None
         if stream is not None and not any(k.lower() == "content-length" for k in headers or ()):
             stream = None
-        request = self.client.build_request(
-            method, self._parsed(url), headers=headers, content=None if stream else body
-        )
-        if stream is not None:
-            request.stream = stream
+        if not self.quote_multipart_type and headers:
+            headers = {
+                k: _QUOTED_TYPE.sub(r"type=\1", v) if k.lower() == "accept" else v
+                for k, v in headers.items()
+            }
+
+        def build(target: httpx.URL | str) -> httpx.Request:
+            built = self.client.build_request(
+                method, target, headers=headers, content=None if stream else body
+            )
+            if stream is not None:
+                built.stream = stream
+            return built
+
+        request = build(self._parsed(url))
         replayable = method in IDEMPOTENT or body is None or isinstance(body, bytes)
         replayable = replayable or isinstance(body, httpx.AsyncByteStream)
         attempt = 0
+        hops = 0
+        credentials = True  # false once redirected to another origin
         started = time.monotonic()
         while True:
             attempt += 1
             note_attempt()
             try:
-                response = await self.client.send(request, stream=True)
+                response = await self.client.send(
+                    request, stream=True, auth=httpx.USE_CLIENT_DEFAULT if credentials else None
+                )
             except ssl.SSLError as exc:
                 # httpcore 1.0.0 lets certificate errors through unwrapped; a failed
                 # verification is not worth a retry.
@@ -303,6 +375,37 @@ class Transport:
             status = response.status_code
             if status in ok:
                 return response
+            if status in _REDIRECTS:
+                target, why = _redirect_target(response, request, replayable)
+                if target is not None and hops < _MAX_HOPS:
+                    hops += 1
+                    await response.aclose()
+                    logger.warning(
+                        "%s %s redirected (%d) to %s; following it (give that URL as the "
+                        "base to save the round trip)",
+                        method,
+                        _safe_url(request.url),
+                        status,
+                        _safe_url(target),
+                    )
+                    credentials = credentials and _may_carry_credentials(request.url, target)
+                    request = build(target)
+                    if not credentials:
+                        for name in ("authorization", "cookie"):
+                            request.headers.pop(name, None)
+                    attempt -= 1  # a redirect is not a failed try
+                    continue
+                await response.aclose()
+                cls = status_error_class(status)
+                location = response.headers.get("location", "")
+                raise cls(
+                    f"{response.reason_phrase or 'Redirect'} to {location} (not followed: "
+                    f"{why if target is None else 'too many redirects'})",
+                    status_code=status,
+                    method=method,
+                    url=_safe_url(request.url),
+                    headers={k.lower(): v for k, v in response.headers.items()},
+                )
             # A request that must not run twice is only repeated when the server said it
             # did not process it (429, 503); after a 502, 504 or a dropped connection it
             # may have.

@@ -28,6 +28,7 @@ from .wire import (
     Response,
     error_response,
 )
+from .worklist import WorklistHandlers
 
 __all__ = ["EmulatorApp", "RecordedRequest", "TokenValidator"]
 
@@ -67,6 +68,24 @@ class RecordedRequest:
     status: int
 
 
+def _public_origin(request: Request) -> str:
+    """Where clients reach the service: the request's origin, or what a proxy says it is.
+
+    The Azure DICOM service builds the URLs it returns (RetrieveURL, Location, operation
+    hrefs) from ``X-Forwarded-Host`` (with ``X-Forwarded-Proto``) and ``X-Forwarded-Prefix``
+    when a proxy in front of it sends them.
+    """
+    host = (request.header("x-forwarded-host") or "").split(",")[0].strip()
+    prefix = (request.header("x-forwarded-prefix") or "").split(",")[0].strip().rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        prefix = "/" + prefix
+    if not host:
+        return request.origin + prefix
+    scheme = (request.header("x-forwarded-proto") or "").split(",")[0].strip()
+    scheme = scheme or request.origin.split("://", 1)[0]
+    return f"{scheme}://{host}{prefix}"
+
+
 class EmulatorApp:
     """Answers requests for one emulator's state."""
 
@@ -87,6 +106,7 @@ class EmulatorApp:
         self.dicomweb = DicomwebHandlers(state)
         self.stow = StowHandlers(state)
         self.azure = AzureHandlers(state)
+        self.worklist = WorklistHandlers(state)
         self._lock = threading.Lock()
         self.records: list[RecordedRequest] = []
         self.errors: list[str] = []
@@ -217,7 +237,7 @@ class EmulatorApp:
         version = int(match.group(1))
         if version not in _SUPPORTED_VERSIONS:
             raise HttpError(400, f"API version v{version} is not supported (v1, v2)")
-        service_url = f"{request.origin}/{segments[0]}"
+        service_url = f"{_public_origin(request)}/{segments[0]}"
         rest = segments[1:]
         if rest[:1] == ["partitions"]:
             if not self.data_partitions:
@@ -277,6 +297,22 @@ class EmulatorApp:
                 handlers = {"GET": lambda: a.tag_errors(request, ctx, tag)}
             case ["operations", operation_id]:
                 handlers = {"GET": lambda: a.operation(request, ctx, operation_id)}
+            case ["workitems"]:
+                w = self.worklist
+                handlers = {
+                    "GET": lambda: w.search(request, ctx),
+                    "POST": lambda: w.create(request, ctx),
+                }
+            case ["workitems", uid]:
+                w = self.worklist
+                handlers = {
+                    "GET": lambda: w.retrieve(request, ctx, uid),
+                    "POST": lambda: w.update(request, ctx, uid),
+                }
+            case ["workitems", uid, "state"]:
+                handlers = {"PUT": lambda: self.worklist.change_state(request, ctx, uid)}
+            case ["workitems", uid, "cancelrequest"]:
+                handlers = {"POST": lambda: self.worklist.cancel(request, ctx, uid)}
             case _:
                 return None
         return await self._one_of(request, handlers)
@@ -290,6 +326,8 @@ class EmulatorApp:
                     "GET": lambda: d.search(request, ctx, SearchRoute(STUDY)),
                     "POST": lambda: self.stow.store(request, ctx, None),
                 }
+                if ctx.api_version >= 2:  # upsert came with v2
+                    handlers["PUT"] = lambda: self.stow.store(request, ctx, None, upsert=True)
             case ["series"]:
                 handlers = {"GET": lambda: d.search(request, ctx, SearchRoute(SERIES))}
             case ["instances"]:
@@ -302,6 +340,12 @@ class EmulatorApp:
                     "POST": lambda: self.stow.store(request, ctx, study),
                     "DELETE": lambda: d.delete(request, ctx, study, None, None),
                 }
+                if ctx.api_version >= 2:
+                    handlers["PUT"] = lambda: self.stow.store(request, ctx, study, upsert=True)
+            case ["studies", study, "thumbnail"]:
+                handlers = {"GET": lambda: d.thumbnail(request, ctx, study)}
+            case ["studies", study, "series", series, "thumbnail"]:
+                handlers = {"GET": lambda: d.thumbnail(request, ctx, study, series)}
             case ["studies", study, "metadata"]:
                 handlers = {"GET": lambda: d.metadata(request, ctx, study, None, None)}
             case ["studies", study, "series"]:
@@ -329,6 +373,10 @@ class EmulatorApp:
                 handlers = {"GET": lambda: d.metadata(request, ctx, study, series, sop)}
             case ["studies", study, "series", series, "instances", sop, "rendered"]:
                 handlers = {"GET": lambda: d.rendered(request, ctx, study, series, sop)}
+            case ["studies", study, "series", series, "instances", sop, "thumbnail"]:
+                handlers = {"GET": lambda: d.thumbnail(request, ctx, study, series, sop)}
+            case ["studies", study, "series", series, "instances", sop, "frames", n, "thumbnail"]:
+                handlers = {"GET": lambda: d.thumbnail(request, ctx, study, series, sop, n)}
             case ["studies", study, "series", series, "instances", sop, "frames", frames]:
                 handlers = {"GET": lambda: d.frames(request, ctx, study, series, sop, frames)}
             case ["studies", study, "series", series, "instances", sop, "frames", n, "rendered"]:

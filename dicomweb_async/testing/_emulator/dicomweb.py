@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 import anyio
 
+from ..._core.external_metadata import REQUEST_META_HEADER
 from ..._core.media import DICOM, OCTET_STREAM
 from ..._core.multipart_writer import BodyPart, MultipartWriter
 from .negotiation import (
@@ -25,6 +26,7 @@ from .negotiation import (
     frame_options,
     instance_options,
     rendered_quality,
+    rendered_viewport,
     wants_original,
 )
 from .qido import QueryError, SearchRoute, search
@@ -41,6 +43,9 @@ from .wire import (
 )
 
 __all__ = ["DicomwebHandlers"]
+
+#: The largest width and height of a thumbnail unless the request gives a viewport.
+THUMBNAIL_VIEWPORT = (128, 128)
 
 _CHUNK = 1024 * 1024
 
@@ -199,6 +204,11 @@ class DicomwebHandlers:
         if etag_matches(request.header("if-none-match"), etag):
             return Response(304, headers)
         data = [instance.pick(original).metadata for instance in found]
+        if (request.header(REQUEST_META_HEADER) or "").strip().lower() == "true":
+            with self.state.lock:
+                external = dict(self.state.external.get((ctx.partition, study), {}))
+            if external:
+                data = [dict(sorted({**item, **external}.items())) for item in data]
         return json_response(200, data, DICOM_JSON, headers)
 
     async def rendered(
@@ -215,24 +225,58 @@ class DicomwebHandlers:
         numbers = frame_numbers(frame)
         if len(numbers) != 1:
             raise HttpError(400, "a rendered frame request names one frame")
+        return await self._render(request, version, numbers[0], None)
+
+    async def thumbnail(
+        self,
+        request: Request,
+        ctx: Context,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        frame: str = "1",
+    ) -> Response:
+        """A small image of a study, series, instance or frame (PS3.18 thumbnail resources).
+
+        A study or series is shown by its first instance that has pixel data.
+        """
+        found = self._find(ctx, study, series, sop)
+        original = wants_original(request)
+        versions = [i.pick(original) for i in sorted(found, key=lambda i: i.order)]
+        with_pixels = [v for v in versions if v.has_pixel_data]
+        if not with_pixels:
+            raise HttpError(404, "nothing in the resource has pixel data to show")
+        numbers = frame_numbers(frame)
+        if len(numbers) != 1:
+            raise HttpError(400, "a thumbnail request names one frame")
+        return await self._render(request, with_pixels[0], numbers[0], THUMBNAIL_VIEWPORT)
+
+    async def _render(
+        self,
+        request: Request,
+        version: Version,
+        number: int,
+        default_viewport: tuple[int, int] | None,
+    ) -> Response:
         layout = version.frames
         if not version.has_pixel_data or layout is None:
             raise HttpError(406, "only native (uncompressed) pixel data is rendered here")
-        if numbers[0] > layout.count:
-            raise HttpError(404, f"frame {numbers[0]} does not exist")
+        if number > layout.count:
+            raise HttpError(404, f"frame {number} does not exist")
         quality = rendered_quality(request)
+        viewport = rendered_viewport(request) or default_viewport
         try:
             image_type = choose_image_type(request.header("accept"))
             pixels = b"".join(
                 [
                     bytes(chunk)
                     async for chunk in _read_range(
-                        version, layout.start(numbers[0]), layout.frame_size
+                        version, layout.start(number), layout.frame_size
                     )
                 ]
             )
             image = await anyio.to_thread.run_sync(
-                render, pixels, version.metadata, image_type, quality
+                render, pixels, version.metadata, image_type, quality, viewport
             )
         except RenderError as exc:
             raise HttpError(406, str(exc)) from None

@@ -235,6 +235,8 @@ class AzureDicomEmulator:
             return list(self._state.partitions)
 
     def clear(self) -> None:
-        """Delete all data: instances (and their files), change feed, tags, operations."""
+        """Delete all data: instances (and their files), change feed, tags, operations,
+        workitems."""
         with self._state.lock:
             self._state.clear()
+            self._app.worklist.clear()

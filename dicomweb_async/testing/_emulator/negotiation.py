@@ -64,6 +64,24 @@ def rendered_quality(request: Request) -> int:
     return quality
 
 
+def rendered_viewport(request: Request) -> tuple[int, int] | None:
+    """The ``viewport`` query parameter's width and height, if given (PS3.18 8.3.5.1.3).
+
+    ``vw,vh`` or ``vw,vh,sx,sy,sw,sh``; the source rectangle is not emulated.
+    """
+    values = [v for k, v in parse_qsl(request.query) if k == "viewport"]
+    if not values:
+        return None
+    pieces = values[-1].split(",")
+    try:
+        numbers = [int(p) for p in pieces]
+    except ValueError:
+        raise HttpError(400, f"viewport must be numbers, not {values[-1]!r}") from None
+    if len(numbers) not in (2, 6) or numbers[0] < 1 or numbers[1] < 1:
+        raise HttpError(400, f"viewport is vw,vh or vw,vh,sx,sy,sw,sh, not {values[-1]!r}")
+    return numbers[0], numbers[1]
+
+
 def wants_original(request: Request) -> bool:
     return (request.header("msdicom-request-original") or "").strip().lower() == "true"
 

@@ -48,7 +48,13 @@ def _first(metadata: dict[str, Any], tag: str) -> Any:
     return None
 
 
-def render(frame: bytes, metadata: dict[str, Any], image_type: str, quality: int) -> bytes:
+def render(
+    frame: bytes,
+    metadata: dict[str, Any],
+    image_type: str,
+    quality: int,
+    viewport: tuple[int, int] | None = None,
+) -> bytes:
     """Encode one native frame as ``image_type`` (blocking: run it in a worker thread).
 
     Parameters
@@ -61,6 +67,9 @@ def render(frame: bytes, metadata: dict[str, Any], image_type: str, quality: int
         ``image/jpeg`` or ``image/png``.
     quality : int
         JPEG quality, 1-100.
+    viewport : (int, int), optional
+        Largest width and height: the image is scaled down (never up) to fit, keeping
+        its aspect ratio.
     """
     try:
         from PIL import Image
@@ -78,6 +87,8 @@ def render(frame: bytes, metadata: dict[str, Any], image_type: str, quality: int
             f"{samples} samples is not emulated"
         )
     image = Image.frombytes(mode, (int(columns), int(rows)), frame)
+    if viewport is not None:
+        image.thumbnail(viewport)
     out = io.BytesIO()
     if image_type == _PNG:
         image.save(out, format="PNG")

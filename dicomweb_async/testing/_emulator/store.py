@@ -236,6 +236,8 @@ class EmulatorState:
         self.feed: list[ChangeEntry] = []
         self.tags: dict[int, QueryTag] = {}
         self.operations: dict[str, Operation] = {}
+        #: (partition, study) -> external metadata (DICOM JSON attributes by tag).
+        self.external: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._latest: dict[tuple[str, str, str, str], ChangeEntry] = {}
         self._next_sequence = 1
         self._order = itertools.count(1)
@@ -289,6 +291,16 @@ class EmulatorState:
             instance.original = instance.version
         else:
             instance.version.discard()
+        instance.version = version
+        instance.watermark = next(self._watermark)
+        self.record("update", instance)
+
+    def upsert(self, instance: Instance, version: Version) -> None:
+        """Replace ``instance`` by a new upload of it (``PUT``): nothing of it is kept."""
+        instance.version.discard()
+        if instance.original is not None:
+            instance.original.discard()
+            instance.original = None
         instance.version = version
         instance.watermark = next(self._watermark)
         self.record("update", instance)
@@ -404,5 +416,6 @@ class EmulatorState:
         self._latest.clear()
         self.tags.clear()
         self.operations.clear()
+        self.external.clear()
         self.partitions = {DEFAULT_PARTITION: utc_now()}
         self._next_sequence = 1

@@ -14,6 +14,8 @@ from pathlib import Path
 import anyio
 
 from ..._core.exceptions import MultipartError
+from ..._core.external_metadata import PREFIX as EXTERNAL_PREFIX
+from ..._core.external_metadata import VRS as EXTERNAL_VRS
 from ..._core.media import DICOM, MULTIPART_RELATED, parse_media_type
 from ..._core.multipart_reader import Event, PartData, PartStart, make_reader
 from .dicom import (
@@ -69,14 +71,42 @@ def _failed_item(
     return dict(sorted(item.items()))
 
 
+def _external_metadata(request: Request) -> dict[str, dict[str, object]]:
+    """``msdicom-meta-{VR}-{tag}`` headers as DICOM JSON attributes (400 when malformed)."""
+    found: dict[str, dict[str, object]] = {}
+    for name, value in request.headers:
+        lowered = name.lower()
+        if not lowered.startswith(EXTERNAL_PREFIX):
+            continue
+        vr, _, tag = name[len(EXTERNAL_PREFIX) :].partition("-")
+        vr, tag = vr.upper(), tag.upper()
+        if (
+            vr not in EXTERNAL_VRS
+            or len(tag) != 8
+            or not all(c in "0123456789ABCDEF" for c in tag)
+        ):
+            raise HttpError(
+                400, f"the external metadata header {name!r} is not msdicom-meta-{{VR}}-{{tag}}"
+            )
+        if int(tag[:4], 16) % 2 == 0:
+            raise HttpError(400, f"external metadata takes private tags only, not {tag}")
+        attribute: dict[str, object] = {"vr": vr, "Value": [value]}
+        if vr == "PN":
+            attribute["Value"] = [{"Alphabetic": value}]
+        found[tag] = attribute
+    return found
+
+
 class StowHandlers:
-    """``POST /studies[/{study}]`` of one emulator."""
+    """``POST /studies[/{study}]`` of one emulator, and ``PUT`` (upsert, API v2)."""
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
 
-    async def store(self, request: Request, ctx: Context, study_uid: str | None) -> Response:
-        """``POST /studies[/{study}]``."""
+    async def store(
+        self, request: Request, ctx: Context, study_uid: str | None, upsert: bool = False
+    ) -> Response:
+        """``POST /studies[/{study}]``; with ``upsert``, ``PUT``: stored ones are replaced."""
         if study_uid is not None:
             check_uid(study_uid, "StudyInstanceUID")
         check_json_accept(request)
@@ -90,6 +120,7 @@ class StowHandlers:
                 raise HttpError(400, "multipart/related without a boundary")
         elif media.mime != DICOM:
             raise HttpError(415, f"the Content-Type {content_type!r} is not supported")
+        external = _external_metadata(request) if ctx.api_version >= 2 else {}
         parts = await self._receive(request, content_type)
         if not parts:
             return Response(204)
@@ -109,7 +140,13 @@ class StowHandlers:
                     outcomes.append(await anyio.to_thread.run_sync(parse))
                 except InstanceRejected as exc:
                     outcomes.append(exc)
-            return self._commit(ctx, study_uid, sources, outcomes, kept)
+            response = self._commit(ctx, study_uid, sources, outcomes, kept, upsert)
+            if external and response.status != 409:
+                studies = {o.study_uid for o in outcomes if isinstance(o, ParsedInstance)}
+                with self.state.lock:
+                    for study in studies:
+                        self.state.external.setdefault((ctx.partition, study), {}).update(external)
+            return response
         finally:
             for index, (_, sink) in enumerate(parts):
                 if index not in kept:
@@ -155,6 +192,7 @@ class StowHandlers:
         sources: list[tuple[bytes | Path, int]],
         outcomes: list[ParsedInstance | InstanceRejected],
         kept: set[int],
+        upsert: bool = False,
     ) -> Response:
         stored: list[dict[str, object]] = []
         failed: list[dict[str, object]] = []
@@ -183,12 +221,17 @@ class StowHandlers:
                     )
                     continue
                 key = (outcome.study_uid, outcome.series_uid, outcome.sop_uid)
-                if key in self.state.partition_instances(ctx.partition):
+                existing = self.state.partition_instances(ctx.partition).get(key)
+                version = Version.from_parsed(outcome, source, size)
+                if existing is not None and upsert:
+                    self.state.upsert(existing, version)
+                elif existing is not None:
                     failed.append(
                         _failed_item(outcome.sop_class_uid, outcome.sop_uid, ALREADY_STORED, [])
                     )
                     continue
-                self.state.add(ctx.partition, outcome, Version.from_parsed(outcome, source, size))
+                else:
+                    self.state.add(ctx.partition, outcome, version)
                 kept.add(index)
                 url = (
                     f"{ctx.base_url}/studies/{outcome.study_uid}/series/{outcome.series_uid}"
