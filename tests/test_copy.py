@@ -404,3 +404,32 @@ async def test_a_copy_from_orthanc_into_azure(
     assert converted.sop_instance_uid == red.SOPInstanceUID
     assert rerun.ok and len(rerun.already_present) == len(report.copied)
     assert {o.reason for o in rerun.already_present} == {45070}
+
+
+async def test_a_refusal_of_implicit_vr_is_answered_by_converting(
+    source: LoopbackServer, seed_files: list[Path]
+) -> None:
+    red = pydicom.dcmread(seed_files[2])
+    red.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    sop = source.add_instance_bytes(dataset_bytes(red))
+    source.add_file(seed_files[0])  # explicit VR: sent once, as it is
+    study = str(red.StudyInstanceUID)
+    emulator = AzureDicomEmulator()
+    async with (
+        emulator.serve(api_version=2) as url,
+        AsyncDICOMwebClient(source.url) as src,
+        AsyncDICOMwebClient(url) as dst,  # generic: not told the service refuses implicit VR
+    ):
+        assert not dst.reject_implicit_vr
+        report = await copy_studies(src, dst, [study], concurrency=1)
+        stored = await dst.retrieve_study_metadata(study)
+    assert report.ok and len(report.copied) == 2
+    (converted,) = report.converted
+    assert converted.sop_instance_uid == sop and converted.attempts == 2
+    posts = [r.status for r in emulator.requests if r.method == "POST"]
+    assert sorted(posts) == [200, 200, 409]  # the implicit one refused once, then stored
+    assert {item["00080018"]["Value"][0] for item in stored} == {
+        sop,
+        str(pydicom.dcmread(seed_files[0], stop_before_pixels=True).SOPInstanceUID),
+    }
+    assert emulator.errors == []

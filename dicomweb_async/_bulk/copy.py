@@ -11,7 +11,8 @@ max_request_bytes)`` whatever the study's size.
 
 The stored encoding is asked for (``transfer-syntax=*``) and sent unchanged, except that
 implicit VR little endian instances are re-encoded as explicit VR little endian (without
-loss) when the destination refuses them (``convert_implicit_vr``); their outcomes say so.
+loss) when the destination is known to refuse them (``convert_implicit_vr``) or refuses
+one (FailureReason 43264, sent once more converted); their outcomes say so.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ class _Held:
     data: bytes | None = None
     path: Path | None = None
     converted: bool = False
+    implicit_vr: bool = False  # stored as implicit VR little endian at the source
 
     def body(self) -> BodyPart:
         return BodyPart(size=self.size, data=self.data, path=self.path)
@@ -596,13 +598,9 @@ class CopyPipeline(Pipeline[CopyOutcome]):
             raise ProtocolError(
                 f"{unit.path}: the source sent an instance of study {study}, not {unit.study}"
             )
-        syntax = part.transfer_syntax or syntax
-        if self.convert_implicit_vr and is_implicit_vr(syntax):
-            source = held.data if held.data is not None else held.path
-            assert source is not None
-            converted = await anyio.to_thread.run_sync(to_explicit_vr, source)
-            held.discard()
-            held = _Held(study, series, sop, len(converted), converted, converted=True)
+        held.implicit_vr = is_implicit_vr(part.transfer_syntax or syntax)
+        if self.convert_implicit_vr and held.implicit_vr:
+            held = await _converted(held)
         return held
 
     def _spool_file(self) -> tuple[Path, int]:
@@ -639,8 +637,19 @@ class CopyPipeline(Pipeline[CopyOutcome]):
             failed = {o.sop_instance_uid: o for o in result.failed}
             stored = {o.sop_instance_uid for o in result.stored}
             confirmed: list[JournalEntry] = []
+            convert: list[_Held] = []
             for held in items:
                 refusal = failed.get(held.sop)
+                if (
+                    refusal is not None
+                    and refusal.reason == FailureReason.VALIDATION_FAILED
+                    and held.implicit_vr
+                    and not held.converted
+                ):
+                    # Refused for its encoding, most likely (Azure takes explicit VR
+                    # only): converted without loss and sent once more below.
+                    convert.append(held)
+                    continue
                 if refusal is None and (held.sop in stored or result.status_code == 200):
                     confirmed.append(JournalEntry(held.sop, "stored", held.series, held.size))
                     await self._emit(results, _outcome(held, "copied", attempts))
@@ -669,6 +678,25 @@ class CopyPipeline(Pipeline[CopyOutcome]):
                     await self._emit(results, _outcome(held, "failed", attempts, reason, message))
             if self.journal is not None and confirmed:
                 await self.journal.record(confirmed)
+            if convert:
+                logger.info(
+                    "%d implicit VR instance(s) refused (43264): sending them as explicit VR",
+                    len(convert),
+                )
+                again = _Batch()
+                for held in convert:
+                    try:
+                        explicit = await _converted(held)
+                    except Exception as exc:  # pydicom raises many types for bad input
+                        message = f"refused as implicit VR (43264), not convertible: {exc}"
+                        await self._emit(
+                            results, _outcome(held, "failed", attempts, 43264, message)
+                        )
+                        continue
+                    again.items.append(explicit)
+                    again.size += explicit.size
+                if again.items:
+                    await self._store(again, attempts, results, final)
         finally:
             batch.discard()
 
@@ -691,6 +719,15 @@ def _outcome(
         attempts,
         converted=held.converted,
     )
+
+
+async def _converted(held: _Held) -> _Held:
+    """``held`` re-encoded as explicit VR little endian (the original is let go)."""
+    source = held.data if held.data is not None else held.path
+    assert source is not None
+    data = await anyio.to_thread.run_sync(to_explicit_vr, source)
+    held.discard()
+    return _Held(held.study, held.series, held.sop, len(data), data, converted=True)
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
