@@ -37,7 +37,7 @@ from .._core.implicit_vr import is_implicit_vr
 from .._core.multipart_writer import BodyPart
 from .._core.retry import RetryPolicy, count_attempts
 from .._core.store_result import FailureReason
-from .._core.urls import check_uid, instance_path, series_path
+from .._core.urls import check_uid
 from .._services import qido as _qido
 from .._services import stow as _stow
 from .._services import wado as _wado
@@ -49,6 +49,7 @@ from .journal import Journal, JournalEntry
 from .pipeline import Pipeline, put, taken, two_passes
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
+from .units import FetchUnit, Next, after_answer
 
 __all__ = ["CopyOutcome", "CopyPipeline", "CopyReport"]
 
@@ -158,25 +159,6 @@ class CopyReport(Report[CopyOutcome]):
         what = first.sop_instance_uid or f"study {first.study_instance_uid}"
         total = len(self.outcomes)
         return f"{len(failed)} of {total} instances failed; first: {what}: {first.message}"
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One source request: a whole series, or one instance."""
-
-    study: str
-    series: str
-    sops: tuple[str, ...]
-    whole_series: bool
-
-    @property
-    def path(self) -> str:
-        if self.whole_series:
-            return series_path(self.study, self.series)
-        return instance_path(self.study, self.series, self.sops[0])
-
-    def singles(self, sops: Sequence[str]) -> list[_Unit]:
-        return [_Unit(self.study, self.series, (sop,), False) for sop in sops]
 
 
 @dataclass
@@ -295,7 +277,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
         self.result_buffer = 4 * concurrency
         self._expected = 0
         # Single instances that failed transiently: copied once more at the end.
-        self._deferred: list[tuple[_Unit, int]] = []
+        self._deferred: list[tuple[FetchUnit, int]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -321,7 +303,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
             "instance(s)",
         )
 
-    def _take_deferred(self) -> list[tuple[_Unit, int]]:
+    def _take_deferred(self) -> list[tuple[FetchUnit, int]]:
         deferred, self._deferred = self._deferred, []
         return deferred
 
@@ -329,7 +311,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
 
     async def _plan(
         self,
-        units: MemoryObjectSendStream[tuple[_Unit, int]],
+        units: MemoryObjectSendStream[tuple[FetchUnit, int]],
         results: MemoryObjectSendStream[CopyOutcome],
     ) -> None:
         async with units, results:
@@ -360,10 +342,10 @@ class CopyPipeline(Pipeline[CopyOutcome]):
                             ),
                         )
                     if len(missing) == len(sops) > 1:
-                        await put(units, (_Unit(study, series, tuple(missing), True), 0))
+                        await put(units, (FetchUnit(study, series, tuple(missing), True), 0))
                     else:
                         for sop in missing:
-                            await put(units, (_Unit(study, series, (sop,), False), 0))
+                            await put(units, (FetchUnit(study, series, (sop,), False), 0))
             self.tracker.set_total(self._expected)
 
     async def _iter_studies(self) -> AsyncIterator[str]:
@@ -427,7 +409,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
 
     async def _copy_units(
         self,
-        units: MemoryObjectReceiveStream[tuple[_Unit, int]],
+        units: MemoryObjectReceiveStream[tuple[FetchUnit, int]],
         results: MemoryObjectSendStream[CopyOutcome],
         final: bool = False,
     ) -> None:
@@ -437,7 +419,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
 
     async def _copy(
         self,
-        unit: _Unit,
+        unit: FetchUnit,
         prior: int,
         results: MemoryObjectSendStream[CopyOutcome],
         final: bool,
@@ -480,37 +462,36 @@ class CopyPipeline(Pipeline[CopyOutcome]):
                             batch = await self._hand_over(send, batch)
                     finally:
                         batch.discard()  # only if cancelled before the hand-over
-            missing = [sop for sop in unit.sops if sop not in seen]
+            missing = tuple(sop for sop in unit.sops if sop not in seen)
             if not missing:
                 return
-            transient = error is not None and self.retry.is_transient(error)
-            if transient and answered and rounds < self.retry.attempts:
-                delay = self.retry.delay(rounds)
-                if self.retry.within_deadline(time.monotonic() - started, delay):
-                    logger.warning(
-                        "GET %s broke off (%s); retry %d in %.2fs", unit.path, error, rounds, delay
-                    )
-                    await anyio.sleep(delay)
-                    if seen and len(missing) > 1:
-                        for single in unit.singles(missing):
-                            await self._copy(single, prior, results, final)
-                        return
-                    unit = _Unit(unit.study, unit.series, tuple(missing), unit.whole_series)
-                    continue
-            if transient and not final and self.retry.attempts > 1:
-                self._deferred.extend((single, prior) for single in unit.singles(missing))
-                return
-            if error is not None and not transient and len(missing) > 1:
+            step = await after_answer(
+                self.retry,
+                unit,
+                error,
+                answered=answered,
+                rounds=rounds,
+                started=started,
+                got_some=bool(seen),
+                missing=len(missing),
+                final=final,
                 # One bad instance (say, one the source cannot read) must not fail the
                 # rest of its series: each is asked for alone, and fails alone.
+                split_on_failure=True,
+            )
+            if step is Next.AGAIN:
+                unit = unit.only(missing)
+                continue
+            if step is Next.SINGLES:
                 for single in unit.singles(missing):
                     await self._copy(single, prior, results, final)
-                return
-            message = f"at the source: {error}" if error else "not in the source's answer"
-            for sop in missing:
-                await self._emit(
-                    results, CopyOutcome(unit.study, unit.series, sop, "failed", message=message)
-                )
+            elif step is Next.DEFER:
+                self._deferred.extend((single, prior) for single in unit.singles(missing))
+            else:
+                message = f"at the source: {error}" if error else "not in the source's answer"
+                for sop in missing:
+                    outcome = CopyOutcome(unit.study, unit.series, sop, "failed", message=message)
+                    await self._emit(results, outcome)
             return
 
     async def _hand_over(self, send: MemoryObjectSendStream[_Batch], batch: _Batch) -> _Batch:
@@ -534,7 +515,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
             return False
         return batch.size + held.size <= self.max_request_bytes
 
-    async def _hold(self, part: Part, unit: _Unit) -> _Held:
+    async def _hold(self, part: Part, unit: FetchUnit) -> _Held:
         """Receive one part whole: in memory, or in a temporary file once it is large."""
         chunks: list[bytes] = []
         pending = 0  # bytes in ``chunks``
@@ -625,7 +606,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
                     attempts = prior + tries.value
                     if not final and self.retry.attempts > 1 and self.retry.is_transient(exc):
                         for held in items:
-                            unit = _Unit(held.study, held.series, (held.sop,), False)
+                            unit = FetchUnit(held.study, held.series, (held.sop,), False)
                             self._deferred.append((unit, attempts))
                         return
                     for held in items:
@@ -665,7 +646,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
                     and self.retry.attempts > 1
                 ):
                     self._deferred.append(
-                        (_Unit(held.study, held.series, (held.sop,), False), attempts)
+                        (FetchUnit(held.study, held.series, (held.sop,), False), attempts)
                     )
                 else:
                     if refusal is not None:

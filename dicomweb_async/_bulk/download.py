@@ -26,7 +26,7 @@ from .._core.datasets import first_value
 from .._core.exceptions import DICOMwebError
 from .._core.media import MediaTypeSpec, accept_header
 from .._core.retry import RetryPolicy, count_attempts
-from .._core.urls import check_uid, instance_path, series_path
+from .._core.urls import check_uid
 from .._services import qido as _qido
 from .._services import wado as _wado
 from .._services.download import ByteBudget, DownloadedInstance, save_parts
@@ -34,6 +34,7 @@ from .._transport.transport import Transport
 from .pipeline import Pipeline, put, taken, two_passes
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
+from .units import FetchUnit, Next, after_answer
 
 __all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources", "of_study"]
 
@@ -124,16 +125,6 @@ class DownloadReport(Report[DownloadOutcome]):
         return f"{len(failed)} download(s) failed; first: {what}: {first.message}"
 
 
-@dataclass(frozen=True)
-class _Unit:
-    """One request: a whole series, or one instance."""
-
-    study: str
-    series: str
-    sops: tuple[str, ...]  # the instances expected in the answer
-    whole_series: bool
-
-
 class DownloadPipeline(Pipeline[DownloadOutcome]):
     """Download studies as they come and hand back outcomes as instances complete.
 
@@ -205,7 +196,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         self._budget = ByteBudget(_PENDING_BYTES)
         self._expected = 0
         # Requests that failed transiently, with the tries they took: asked again at the end.
-        self._deferred: list[tuple[_Unit, int]] = []
+        self._deferred: list[tuple[FetchUnit, int]] = []
 
     async def _open(self) -> None:
         await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
@@ -223,7 +214,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
             "request(s)",
         )
 
-    def _take_deferred(self) -> list[tuple[_Unit, int]]:
+    def _take_deferred(self) -> list[tuple[FetchUnit, int]]:
         deferred, self._deferred = self._deferred, []
         return deferred
 
@@ -246,7 +237,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
 
     async def _plan(
         self,
-        units: MemoryObjectSendStream[tuple[_Unit, int]],
+        units: MemoryObjectSendStream[tuple[FetchUnit, int]],
         results: MemoryObjectSendStream[DownloadOutcome],
     ) -> None:
         async with units, results:
@@ -300,11 +291,11 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                             missing.append(sop)
                     whole = len(missing) == len(sops) > 1 and not self.split_series
                     if whole:
-                        unit = _Unit(study, series, tuple(missing), whole_series=True)
+                        unit = FetchUnit(study, series, tuple(missing), whole_series=True)
                         await put(units, (unit, 0))
                     else:
                         for sop in missing:
-                            unit = _Unit(study, series, (sop,), whole_series=False)
+                            unit = FetchUnit(study, series, (sop,), whole_series=False)
                             await put(units, (unit, 0))
             self.tracker.set_total(self._expected)
 
@@ -321,14 +312,9 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
 
     # -- fetching ------------------------------------------------------------------------
 
-    def _path(self, unit: _Unit) -> str:
-        if unit.whole_series:
-            return series_path(unit.study, unit.series)
-        return instance_path(unit.study, unit.series, unit.sops[0])
-
     async def _fetch_units(
         self,
-        units: MemoryObjectReceiveStream[tuple[_Unit, int]],
+        units: MemoryObjectReceiveStream[tuple[FetchUnit, int]],
         results: MemoryObjectSendStream[DownloadOutcome],
         final: bool = False,
     ) -> None:
@@ -338,7 +324,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
 
     async def _fetch(
         self,
-        unit: _Unit,
+        unit: FetchUnit,
         prior: int,
         results: MemoryObjectSendStream[DownloadOutcome],
         final: bool,
@@ -361,7 +347,7 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                     async with (
                         self._limiter,
                         _wado.open_parts(
-                            self._transport, self._path(unit), self._accept, limits=self._limits
+                            self._transport, unit.path, self._accept, limits=self._limits
                         ) as parts,
                     ):
                         answered = True
@@ -393,46 +379,36 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
             missing = tuple(sop for sop in unit.sops if sop not in got)
             if not missing:
                 return
-            transient = error is not None and self.retry.is_transient(error)
-            if transient and answered and rounds < self.retry.attempts:
-                delay = self.retry.delay(rounds)
-                if self.retry.within_deadline(time.monotonic() - started, delay):
-                    logger.warning(
-                        "GET %s broke off (%s); retry %d in %.2fs",
-                        self._path(unit),
-                        error,
-                        rounds,
-                        delay,
+            step = await after_answer(
+                self.retry,
+                unit,
+                error,
+                answered=answered,
+                rounds=rounds,
+                started=started,
+                got_some=bool(saved),
+                missing=len(missing),
+                final=final,
+            )
+            if step is Next.AGAIN:
+                unit = unit.only(missing)
+                continue
+            if step is Next.SINGLES:
+                for single in unit.singles(missing):
+                    await self._fetch(single, prior, results, final)
+            elif step is Next.DEFER:
+                # The whole request again if nothing of it arrived, else what is missing.
+                later = [unit] if not saved else unit.singles(missing)
+                self._deferred.extend((each, prior) for each in later)
+            else:
+                message = str(error) if error else "not in the server's response"
+                for sop in missing:
+                    await self._emit(
+                        results,
+                        DownloadOutcome(
+                            unit.study, unit.series, sop, "failed", message=message, attempts=prior
+                        ),
                     )
-                    await anyio.sleep(delay)
-                    if saved and len(missing) > 1:
-                        # Asking for the series again would fetch what is saved twice.
-                        for sop in missing:
-                            single = _Unit(unit.study, unit.series, (sop,), whole_series=False)
-                            await self._fetch(single, prior, results, final)
-                        return
-                    unit = _Unit(unit.study, unit.series, missing, unit.whole_series)
-                    continue
-            if transient and not final and self.retry.attempts > 1:
-                if not saved:
-                    self._deferred.append((unit, prior))
-                else:
-                    for sop in missing:
-                        single = _Unit(unit.study, unit.series, (sop,), whole_series=False)
-                        self._deferred.append((single, prior))
-                return
-            for sop in missing:
-                await self._emit(
-                    results,
-                    DownloadOutcome(
-                        unit.study,
-                        unit.series,
-                        sop,
-                        "failed",
-                        message=str(error) if error else "not in the server's response",
-                        attempts=prior,
-                    ),
-                )
             return
 
 
