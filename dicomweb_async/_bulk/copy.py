@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,26 +30,32 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._core.datasets import first_value, read_dataset
+from .._core.datasets import read_dataset
 from .._core.exceptions import DICOMwebError, ProtocolError
 from .._core.identity import read_header
 from .._core.implicit_vr import is_implicit_vr
 from .._core.multipart_writer import BodyPart
 from .._core.retry import RetryPolicy, count_attempts
 from .._core.store_result import FailureReason
-from .._core.urls import check_uid
-from .._services import qido as _qido
 from .._services import stow as _stow
 from .._services import wado as _wado
 from .._transport.parts import Part
 from .._transport.transport import Transport
-from .download import StudySources, of_study
 from .implicit_vr import to_explicit_vr
 from .journal import Journal, JournalEntry
 from .pipeline import Pipeline, put, taken, two_passes
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
-from .units import FetchUnit, Next, after_answer
+from .units import (
+    FetchUnit,
+    Next,
+    StudySources,
+    after_answer,
+    instance_uids,
+    iter_studies,
+    list_study,
+    units_for,
+)
 
 __all__ = ["CopyOutcome", "CopyPipeline", "CopyReport"]
 
@@ -62,8 +68,6 @@ CopyStatus = Literal["copied", "already_present", "failed"]
 SPOOL_BYTES = 4 * 1024 * 1024
 _WRITE_BYTES = 1024 * 1024
 _HEAD_BYTES = 64 * 1024
-_SERIES_TAG = "0020000E"
-_SOP_TAG = "00080018"
 # Every stored encoding, as it is: nothing is transcoded on the way.
 _ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _UID_NAMES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -315,7 +319,7 @@ class CopyPipeline(Pipeline[CopyOutcome]):
         results: MemoryObjectSendStream[CopyOutcome],
     ) -> None:
         async with units, results:
-            async for study in self._iter_studies():
+            async for study in iter_studies(self._studies):
                 by_series = await self._list(study, results)
                 present = await self._present(study) if by_series else set()
                 for series, sops in by_series.items():
@@ -341,39 +345,20 @@ class CopyPipeline(Pipeline[CopyOutcome]):
                                 from_journal=journaled,
                             ),
                         )
-                    if len(missing) == len(sops) > 1:
-                        await put(units, (FetchUnit(study, series, tuple(missing), True), 0))
-                    else:
-                        for sop in missing:
-                            await put(units, (FetchUnit(study, series, (sop,), False), 0))
+                    for unit in units_for(study, series, missing, whole=len(missing) == len(sops)):
+                        await put(units, (unit, 0))
             self.tracker.set_total(self._expected)
-
-    async def _iter_studies(self) -> AsyncIterator[str]:
-        studies = self._studies
-        if isinstance(studies, AsyncIterable):
-            async for uid in studies:
-                yield uid
-        else:
-            for uid in studies:
-                yield uid
 
     async def _list(
         self, study: str, results: MemoryObjectSendStream[CopyOutcome]
     ) -> dict[str, list[str]]:
         """Series -> SOP Instance UIDs of ``study`` at the source ({} after a failure)."""
         try:
-            check_uid(study, "StudyInstanceUID")
-            params = _qido.SearchParams("instances", study, None)
-            listing = await _qido.search(self._source, params, get_remaining=True)
+            by_series = await list_study(self._source, study)
         except (DICOMwebError, ValueError) as exc:
             message = f"could not list the study's instances at the source: {exc}"
             await self._emit(results, CopyOutcome(study, None, None, "failed", message=message))
             return {}
-        by_series: dict[str, list[str]] = {}
-        for item in of_study(listing, study):
-            series, sop = first_value(item, _SERIES_TAG), first_value(item, _SOP_TAG)
-            if series and sop:
-                by_series.setdefault(series, []).append(sop)
         if not by_series:
             await self._emit(
                 results,
@@ -386,13 +371,11 @@ class CopyPipeline(Pipeline[CopyOutcome]):
         if not self.skip_existing:
             return set()
         try:
-            params = _qido.SearchParams("instances", study, None)
-            listing = await _qido.search(self._destination, params, get_remaining=True)
+            return instance_uids(await list_study(self._destination, study))
         except DICOMwebError as exc:
             # Not knowing costs only sending again what the destination may have.
             logger.warning("could not list study %s at the destination: %s", study, exc)
             return set()
-        return {sop for sop in (first_value(item, _SOP_TAG) for item in listing) if sop}
 
     async def _emit(
         self, results: MemoryObjectSendStream[CopyOutcome], outcome: CopyOutcome

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,34 +22,26 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._core.datasets import first_value
 from .._core.exceptions import DICOMwebError
 from .._core.media import MediaTypeSpec, accept_header
 from .._core.retry import RetryPolicy, count_attempts
-from .._core.urls import check_uid
-from .._services import qido as _qido
 from .._services import wado as _wado
 from .._services.download import ByteBudget, DownloadedInstance, save_parts
 from .._transport.transport import Transport
 from .pipeline import Pipeline, put, taken, two_passes
 from .progress import ProgressCallback, ProgressTracker
 from .report import Report
-from .units import FetchUnit, Next, after_answer
+from .units import FetchUnit, Next, StudySources, after_answer, iter_studies, list_study, units_for
 
-__all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources", "of_study"]
+__all__ = ["DownloadOutcome", "DownloadPipeline", "DownloadReport", "StudySources"]
 
 logger = logging.getLogger("dicomweb_async")
 
-#: Studies to download: UIDs, or an (async) iterable of them.
-StudySources = str | Iterable[str] | AsyncIterable[str]
 
 DownloadStatus = Literal["downloaded", "skipped", "failed"]
 
-_SERIES_TAG = "0020000E"
-_STUDY_TAG = "0020000D"
 # Received bytes that all downloads of a pipeline together may hold before the disk.
 _PENDING_BYTES = 32 * 1024 * 1024
-_SOP_TAG = "00080018"
 
 
 @dataclass(frozen=True)
@@ -223,15 +215,6 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
 
     # -- planning ------------------------------------------------------------------------
 
-    async def _iter_studies(self) -> AsyncIterator[str]:
-        studies = self._studies
-        if isinstance(studies, AsyncIterable):
-            async for uid in studies:
-                yield uid
-        else:
-            for uid in studies:
-                yield uid
-
     def _target(self, study: str, series: str, sop: str) -> Path:
         return self.directory / study / series / f"{sop}.dcm"
 
@@ -241,12 +224,10 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
         results: MemoryObjectSendStream[DownloadOutcome],
     ) -> None:
         async with units, results:
-            async for study in self._iter_studies():
+            async for study in iter_studies(self._studies):
                 try:
-                    check_uid(study, "StudyInstanceUID")
-                    params = _qido.SearchParams("instances", study, self.series)
                     async with self._limiter:
-                        listing = await _qido.search(self._transport, params, get_remaining=True)
+                        by_series = await list_study(self._transport, study, self.series)
                 except (DICOMwebError, ValueError) as exc:
                     # Without a listing, files already on disk cannot be told apart from
                     # missing ones; report the study so that a re-run can finish it.
@@ -256,12 +237,6 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                         DownloadOutcome(study, self.series, None, "failed", message=message),
                     )
                     continue
-                by_series: dict[str, list[str]] = {}
-                for item in of_study(listing, study, self.series):
-                    series = first_value(item, _SERIES_TAG)
-                    sop = first_value(item, _SOP_TAG)
-                    if series and sop:
-                        by_series.setdefault(series, []).append(sop)
                 if not by_series:
                     await self._emit(
                         results,
@@ -289,14 +264,9 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                             )
                         else:
                             missing.append(sop)
-                    whole = len(missing) == len(sops) > 1 and not self.split_series
-                    if whole:
-                        unit = FetchUnit(study, series, tuple(missing), whole_series=True)
+                    whole = len(missing) == len(sops) and not self.split_series
+                    for unit in units_for(study, series, missing, whole=whole):
                         await put(units, (unit, 0))
-                    else:
-                        for sop in missing:
-                            unit = FetchUnit(study, series, (sop,), whole_series=False)
-                            await put(units, (unit, 0))
             self.tracker.set_total(self._expected)
 
     async def _emit(
@@ -410,30 +380,6 @@ class DownloadPipeline(Pipeline[DownloadOutcome]):
                         ),
                     )
             return
-
-
-def of_study(
-    listing: list[dict[str, object]], study: str, series: str | None = None
-) -> list[dict[str, object]]:
-    """The entries of an instance listing that belong to ``study`` (and ``series``).
-
-    A server that ignores the study in a search path answers with every instance it has;
-    taken as they come, one study's download would fetch the whole archive.
-    """
-    kept = [
-        item
-        for item in listing
-        if first_value(item, _STUDY_TAG) in (None, study)
-        and (series is None or first_value(item, _SERIES_TAG) in (None, series))
-    ]
-    if len(kept) < len(listing):
-        logger.warning(
-            "the listing of study %s held %d instance(s) of other studies or series; "
-            "the server seems to ignore the study in the search path, they are left out",
-            study,
-            len(listing) - len(kept),
-        )
-    return kept
 
 
 def _existing(folder: Path) -> dict[str, int]:

@@ -1,9 +1,10 @@
-"""What a bulk retrieval asks for in one request, and what to do when it brings less.
+"""What a bulk retrieval lists, asks for in one request, and does when it brings less.
 
-Downloads and copies fetch a whole series, or single instances, per WADO-RS request. An
-answer can break off after some of its instances arrived; :func:`after_answer` decides,
-for both, whether to ask again (for what is missing), one instance at a time, later (the
-final pass), or not at all.
+Downloads and copies take the same studies (:data:`StudySources`), list each one the
+same way (:func:`list_study`), and fetch a whole series, or single instances, per WADO-RS
+request (:func:`units_for`). An answer can break off after some of its instances
+arrived; :func:`after_answer` decides, for both, whether to ask again (for what is
+missing), one instance at a time, later (the final pass), or not at all.
 """
 
 from __future__ import annotations
@@ -11,18 +12,103 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
 
+from .._core.datasets import first_value
 from .._core.exceptions import DICOMwebError
 from .._core.retry import RetryPolicy
-from .._core.urls import instance_path, series_path
+from .._core.urls import check_uid, instance_path, series_path
+from .._services import qido as _qido
+from .._transport.transport import Transport
 
-__all__ = ["FetchUnit", "Next", "after_answer"]
+__all__ = [
+    "FetchUnit",
+    "Next",
+    "StudySources",
+    "after_answer",
+    "instance_uids",
+    "iter_studies",
+    "list_study",
+    "units_for",
+]
 
 logger = logging.getLogger("dicomweb_async")
+
+#: Studies to fetch: UIDs, or an (async) iterable of them.
+StudySources = str | Iterable[str] | AsyncIterable[str]
+
+_STUDY_TAG = "0020000D"
+_SERIES_TAG = "0020000E"
+_SOP_TAG = "00080018"
+
+
+async def iter_studies(studies: StudySources) -> AsyncIterator[str]:
+    """The UIDs of ``studies``: one, a list of them, or an async iterable of them."""
+    if isinstance(studies, str):
+        yield studies
+    elif isinstance(studies, AsyncIterable):
+        async for uid in studies:
+            yield uid
+    else:
+        for uid in studies:
+            yield uid
+
+
+async def list_study(
+    transport: Transport, study: str, series: str | None = None
+) -> dict[str, list[str]]:
+    """Series -> SOP Instance UIDs of ``study`` (of one ``series``), by one QIDO-RS search.
+
+    Every page is fetched. Entries of other studies or series are left out, with a
+    warning: a server that ignores the study in a search path answers with every
+    instance it has, and taken as they come, one study's download would fetch the whole
+    archive.
+
+    Raises
+    ------
+    DICOMwebError
+        If the search fails.
+    ValueError, TypeError
+        If ``study`` is not a UID.
+    """
+    check_uid(study, "StudyInstanceUID")
+    params = _qido.SearchParams("instances", study, series)
+    listing = await _qido.search(transport, params, get_remaining=True)
+    by_series: dict[str, list[str]] = {}
+    strays = 0
+    for item in listing:
+        if first_value(item, _STUDY_TAG) not in (None, study) or (
+            series is not None and first_value(item, _SERIES_TAG) not in (None, series)
+        ):
+            strays += 1
+            continue
+        found_series, sop = first_value(item, _SERIES_TAG), first_value(item, _SOP_TAG)
+        if found_series and sop:
+            by_series.setdefault(found_series, []).append(sop)
+    if strays:
+        logger.warning(
+            "the listing of study %s held %d instance(s) of other studies or series; "
+            "the server seems to ignore the study in the search path, they are left out",
+            study,
+            strays,
+        )
+    return by_series
+
+
+def units_for(study: str, series: str, missing: Sequence[str], *, whole: bool) -> list[FetchUnit]:
+    """The requests for ``missing`` instances of a series: one for the series if ``whole``
+    (and there is more than one), else one each."""
+    if whole and len(missing) > 1:
+        return [FetchUnit(study, series, tuple(missing), True)]
+    return [FetchUnit(study, series, (sop,), False) for sop in missing]
+
+
+def instance_uids(listing: dict[str, list[str]]) -> set[str]:
+    """Every SOP Instance UID of a :func:`list_study` answer."""
+    return {sop for sops in listing.values() for sop in sops}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from .._bulk.units import StudySources
+from .._core.datasets import first_value
 from .._core.media import MediaTypeSpec, accept_header
 from .._core.profiles import ServerProfile, resolve_profile
 from .._core.retry import RetryPolicy
@@ -245,6 +247,16 @@ class ClientBase:
             accept,
             limits=self._limits,
             fallback_accept=self._fallback_accept(media_types, default),
+        )
+
+    async def _studies_matching(self, studies: StudySources | Mapping[str, Any]) -> StudySources:
+        """``studies`` as they are, or, given QIDO-RS search filters, the UIDs they find."""
+        if not isinstance(studies, Mapping):
+            return studies
+        params = self._search_params("studies", search_filters=studies)
+        found = await _qido.search(self._transport, params, get_remaining=True)
+        return list(
+            dict.fromkeys(uid for uid in (first_value(s, "0020000D") for s in found) if uid)
         )
 
     def _check_request_bytes(self, max_request_bytes: int | None) -> None:

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .._bulk.copy import SPOOL_BYTES, CopyPipeline, CopyReport
-from .._bulk.download import StudySources, of_study
 from .._bulk.journal import Journal
 from .._bulk.progress import ProgressCallback
 from .._bulk.report import run_to_report
-from .._core.datasets import first_value
+from .._bulk.units import StudySources, instance_uids, iter_studies, list_study
 from .._core.exceptions import DICOMwebError
 from .._core.retry import RetryPolicy
-from .._core.urls import check_uid
-from .._services import qido as _qido
 from .base import ClientBase
 
 __all__ = ["StudyDifference", "copy_pipeline", "copy_studies", "verify_copy"]
-
-_STUDY_TAG = "0020000D"
-_SOP_TAG = "00080018"
 
 
 def copy_pipeline(
@@ -66,14 +60,6 @@ def copy_pipeline(
         spool_bytes=spool_bytes,
         spool_dir=spool_dir,
     )
-
-
-async def _studies(source: ClientBase, studies: StudySources | Mapping[str, Any]) -> StudySources:
-    if not isinstance(studies, Mapping):
-        return studies
-    params = source._search_params("studies", search_filters=studies)
-    found = await _qido.search(source._transport, params, get_remaining=True)
-    return list(dict.fromkeys(uid for uid in (first_value(s, _STUDY_TAG) for s in found) if uid))
 
 
 async def copy_studies(
@@ -145,7 +131,7 @@ async def copy_studies(
     The stored encoding is asked for (``transfer-syntax=*``) and sent unchanged unless
     converted as above; ``report.converted`` lists those that were.
     """
-    uids = await _studies(source, studies)
+    uids = await source._studies_matching(studies)
     return await run_to_report(
         copy_pipeline(
             source,
@@ -187,9 +173,7 @@ class StudyDifference:
 
 
 async def _instances(client: ClientBase, study: str) -> set[str]:
-    params = _qido.SearchParams("instances", study, None)
-    found = await _qido.search(client._transport, params, get_remaining=True)
-    return {sop for sop in (first_value(item, _SOP_TAG) for item in of_study(found, study)) if sop}
+    return instance_uids(await list_study(client._transport, study))
 
 
 async def verify_copy(
@@ -212,9 +196,8 @@ async def verify_copy(
         at the source is at the destination and nothing else is.
     """
     differences: list[StudyDifference] = []
-    async for study in _each(await _studies(source, studies)):
+    async for study in iter_studies(await source._studies_matching(studies)):
         try:
-            check_uid(study, "StudyInstanceUID")
             at_source = await _instances(source, study)
             at_destination = await _instances(destination, study)
         except (DICOMwebError, ValueError) as exc:
@@ -230,14 +213,3 @@ async def verify_copy(
                 )
             )
     return differences
-
-
-async def _each(studies: StudySources) -> AsyncIterator[str]:
-    if isinstance(studies, str):
-        yield studies
-    elif isinstance(studies, AsyncIterable):
-        async for uid in studies:
-            yield uid
-    else:
-        for uid in studies:
-            yield uid

@@ -13,10 +13,8 @@ import anyio
 from .._bulk.download import DownloadPipeline, DownloadReport, StudySources
 from .._bulk.progress import ProgressCallback
 from .._bulk.report import run_to_report
-from .._core.datasets import first_value
 from .._core.retry import RetryPolicy
 from .._core.urls import series_path, study_path
-from .._services import qido as _qido
 from .._services import wado as _wado
 from .._services.download import DownloadedInstance, save_parts
 from .._transport.parts import PartStream
@@ -220,13 +218,9 @@ class DownloadMethods(ClientBase):
             One :class:`DownloadOutcome` per instance: downloaded, skipped (already on
             disk) or failed. Failures do not raise; call ``report.raise_for_failures()``.
         """
-        if isinstance(studies, Mapping):
-            params = self._search_params("studies", search_filters=studies)
-            found = await _qido.search(self._transport, params, get_remaining=True)
-            studies = [uid for uid in (first_value(s, "0020000D") for s in found) if uid]
         return await run_to_report(
             self.download_pipeline(
-                studies,
+                await self._studies_matching(studies),
                 directory,
                 concurrency=concurrency,
                 skip_existing=skip_existing,
