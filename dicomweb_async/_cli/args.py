@@ -457,7 +457,8 @@ def check_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     Parameters
     ----------
     args : argparse.Namespace
-        The parsed command line; ``download`` and ``search`` gain ``args.filters``.
+        The parsed command line; ``copy``, ``download`` and ``search`` gain
+        ``args.filters``.
     parser : argparse.ArgumentParser
         Reports usage errors (``parser.error`` exits).
     """
@@ -469,20 +470,14 @@ def check_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         ]
         if given:
             parser.error(f"copy: {', '.join(given)} do not apply; use --from-... and --to-...")
+    if args.command in ("copy", "download"):
         if not args.studies and not args.filter:
-            parser.error("copy: give STUDY_UID arguments, --filter KEY=VALUE, or both")
+            parser.error(f"{args.command}: give STUDY_UID arguments, --filter KEY=VALUE, or both")
         try:
             args.filters = parse_filters(args.filter)
         except ValueError as exc:
-            parser.error(f"copy: {exc}")
-    elif args.command == "download":
-        if not args.studies and not args.filter:
-            parser.error("download: give STUDY_UID arguments, --filter KEY=VALUE, or both")
-        try:
-            args.filters = parse_filters(args.filter)
-        except ValueError as exc:
-            parser.error(f"download: {exc}")
-    elif args.command == "search":
+            parser.error(f"{args.command}: {exc}")
+    if args.command == "search":
         if args.level == "studies" and args.series:
             parser.error("search studies: --series does not apply")
         try:

@@ -8,7 +8,14 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from .. import CopyReport, DownloadReport, StudyDifference, UploadReport
+from .. import (
+    CopyOutcome,
+    CopyReport,
+    DownloadOutcome,
+    DownloadReport,
+    StudyDifference,
+    UploadReport,
+)
 from .text import megabytes, megabytes_per_second, one_line
 
 __all__ = ["SEARCH_COLUMNS", "download_summary", "element_text", "format_table", "upload_summary"]
@@ -140,6 +147,18 @@ def _throughput(size: int, verb: str, elapsed: float) -> str:
     return f"  {megabytes(size)} {verb} in {elapsed:.2f} s ({megabytes_per_second(rate)})"
 
 
+def _instance_failures(failed: Sequence[DownloadOutcome | CopyOutcome]) -> list[str]:
+    """Failed instances named by their three UIDs, a study that failed whole by its UID."""
+    items = []
+    for o in failed:
+        if o.sop_instance_uid:
+            what = f"{o.study_instance_uid}/{o.series_instance_uid}/{o.sop_instance_uid}"
+        else:
+            what = f"study {o.study_instance_uid}"
+        items.append((what, o.message or "failed"))
+    return _failure_lines("failed", items)
+
+
 def _failure_lines(title: str, items: Sequence[tuple[str, str]]) -> list[str]:
     if not items:
         return []
@@ -212,14 +231,7 @@ def download_summary(report: DownloadReport) -> list[str]:
         ],
     )
     lines.append(_throughput(report.bytes_downloaded, "received", report.elapsed))
-    failed = []
-    for o in report.failed:
-        if o.sop_instance_uid:
-            what = f"{o.study_instance_uid}/{o.series_instance_uid}/{o.sop_instance_uid}"
-        else:
-            what = f"study {o.study_instance_uid}"
-        failed.append((what, o.message or "failed"))
-    return lines + _failure_lines("failed", failed)
+    return lines + _instance_failures(report.failed)
 
 
 def copy_summary(report: CopyReport) -> list[str]:
@@ -257,14 +269,7 @@ def copy_summary(report: CopyReport) -> list[str]:
     if retried:
         lines.append(f"  ({retried} needed more than one request; {attempts} requests in all)")
     lines.append(_throughput(report.bytes_copied, "copied", report.elapsed))
-    failed = []
-    for o in report.failed:
-        if o.sop_instance_uid:
-            what = f"{o.study_instance_uid}/{o.series_instance_uid}/{o.sop_instance_uid}"
-        else:
-            what = f"study {o.study_instance_uid}"
-        failed.append((what, o.message or "failed"))
-    return lines + _failure_lines("failed", failed)
+    return lines + _instance_failures(report.failed)
 
 
 def verify_summary(differences: Sequence[StudyDifference], studies: int) -> list[str]:
