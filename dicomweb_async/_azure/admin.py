@@ -7,12 +7,12 @@ may also be sent inside a data partition (``/partitions/{name}/studies/$bulkUpda
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .._core.datasets import dicom_json
 from .._core.exceptions import ProtocolError
 from .._core.urls import check_partition, check_uid
 from .._transport.transport import Transport
@@ -26,32 +26,13 @@ __all__ = ["Partition", "export", "list_partitions", "update_studies"]
 
 JSONDict = dict[str, Any]
 
-_DICOM_JSON_KEY_RE = re.compile(r"[0-9A-Fa-f]{8}")
-
 
 def _change_dataset_json(change_dataset: Mapping[str, Any] | Dataset) -> JSONDict:
-    if not isinstance(change_dataset, Mapping):
-        # pydicom is only needed when a Dataset is passed in; importing it lazily keeps
-        # the other Azure calls free of its import time.
-        from pydicom.dataset import Dataset
-
-        if not isinstance(change_dataset, Dataset):
-            raise TypeError(
-                "change_dataset must be a DICOM JSON mapping or a pydicom Dataset, not "
-                f"{type(change_dataset).__name__}"
-            )
-        data: JSONDict = change_dataset.to_json_dict()
-    else:
-        data = dict(change_dataset)
+    # Keywords ("PatientName") are not DICOM JSON; the service would reject the whole
+    # update, so the shared check says which key is wrong before sending.
+    data = dicom_json(change_dataset, "change_dataset")
     if not data:
         raise ValueError("change_dataset is empty: nothing to update")
-    for key, value in data.items():
-        # Keywords ("PatientName") are not DICOM JSON; the service would reject the whole
-        # update, so say which key is wrong before sending.
-        if not isinstance(key, str) or not _DICOM_JSON_KEY_RE.fullmatch(key):
-            raise ValueError(f"change_dataset key {key!r} is not a DICOM JSON tag (8 hex digits)")
-        if not isinstance(value, Mapping) or "vr" not in value:
-            raise ValueError(f"change_dataset[{key!r}] is not a DICOM JSON attribute with a vr")
     return data
 
 

@@ -6,13 +6,12 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from .._core.aiter import ClosingIterator
-from .._core.datasets import first_value
+from .._core.datasets import dicom_json, first_value
 from .._core.workitems import (
     PROCEDURE_STEP_STATE,
     SCHEDULED,
     SOP_INSTANCE_UID,
     Workitem,
-    dicom_json,
 )
 from .._services import qido as _qido
 from .._services import ups as _ups

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from .exceptions import ProtocolError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["ChunksFile", "dataset_from_json", "first_value", "read_dataset"]
+__all__ = ["ChunksFile", "dataset_from_json", "dicom_json", "first_value", "read_dataset"]
 
 
 def first_value(item: Mapping[str, Any], tag: str) -> str | None:
@@ -193,3 +194,40 @@ def read_dataset(
         if isinstance(fp, ChunksFile):
             # The values were copied out; the Dataset need not keep the chunks alive.
             fp.close()
+
+
+_TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
+
+
+def dicom_json(value: Any, what: str) -> dict[str, Any]:
+    """A DICOM JSON dataset from a pydicom Dataset, a DICOM JSON mapping, or a one-item list.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is none of those.
+    ValueError
+        If a key is not a tag of 8 hex digits (a keyword such as ``"PatientName"``), or
+        a value is not a DICOM JSON attribute (a mapping with ``vr``).
+    """
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        if len(value) != 1:
+            raise ValueError(f"{what}: one dataset, not {len(value)}")
+        value = value[0]
+    if isinstance(value, Mapping):
+        data = dict(value)
+    else:
+        from pydicom.dataset import Dataset
+
+        if not isinstance(value, Dataset):
+            raise TypeError(
+                f"{what} must be a pydicom Dataset or a DICOM JSON mapping, not "
+                f"{type(value).__name__}"
+            )
+        data = value.to_json_dict()
+    for key, attribute in data.items():
+        if not isinstance(key, str) or not _TAG_RE.fullmatch(key):
+            raise ValueError(f"{what}: key {key!r} is not a DICOM JSON tag (8 hex digits)")
+        if not isinstance(attribute, Mapping) or "vr" not in attribute:
+            raise ValueError(f"{what}[{key!r}] is not a DICOM JSON attribute with a vr")
+    return data
