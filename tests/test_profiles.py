@@ -117,3 +117,17 @@ def test_the_command_line_takes_a_profile(server: LoopbackServer) -> None:
     assert result.returncode == 1
     assert "server profile says the server does not support it" in result.stderr
     assert server.requests == []
+
+
+def test_copy_takes_a_profile_per_server(server: LoopbackServer) -> None:
+    from tests.test_cli import run_cli
+
+    with LoopbackServer() as destination:
+        command = (
+            f"copy --from {server.url} --to {destination.url} {STUDY} "
+            "--to-profile aws-healthimaging --max-request-bytes 2g"
+        )
+        result = run_cli(command)
+        assert result.returncode == 1
+        assert "'aws-healthimaging' server profile's largest request" in result.stderr
+        assert destination.requests == [] and server.requests == []
